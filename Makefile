@@ -1,0 +1,34 @@
+# hdrstream — two commands on a fresh machine: `make demo` and `make test`.
+# Everything installs into .venv/ in the repo root. torch is pinned and installed first:
+# the pinned CPU build is what these machines carry; an unpinned torch would pull GBs of CUDA.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench install clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==$(TORCH_VERSION)
+	$(PIP) install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hdrstream demo --out out/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/stages.py
+	$(PY) bench/transport.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

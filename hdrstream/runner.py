@@ -1,0 +1,105 @@
+"""Drive a source or a stage between sockets: the same loop in-process and as a service.
+
+The loops own the failure policy: a bad message or a stage error on one frame is
+counted and logged and the stream goes on; a source that fails ends the stream with an
+``eos`` that says why, so everything downstream still flushes and reports.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hdrstream.frame import Frame, eos
+from hdrstream.stage import Source, Stage
+from hdrstream.transport import Receiver, Sender
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopStats:
+    """What one loop did; services export these, the embedded pipeline reports them."""
+
+    received: int = 0
+    sent: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    failure: str | None = None  # why a source stopped early, if it did
+
+
+def _send_all(frames, sender: Sender | None, stop: threading.Event, stats: LoopStats) -> None:
+    if sender is None:
+        return
+    for out in frames:
+        if not sender.send(out, stop=stop):
+            stats.errors["not sent (stopped)"] += 1
+            log.warning("%s seq %d not sent: shutting down", out.kind, out.seq)
+            return
+        stats.sent += 1
+
+
+def run_source(source: Source, sender: Sender, stop: threading.Event, stats: LoopStats | None = None) -> LoopStats:
+    """Publish every frame of ``source``, then one eos carrying the count and any failure."""
+    stats = stats or LoopStats()
+    next_seq, stream = 0, source.name
+    frames = iter(source.frames())
+    try:
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            # time to produce the frame: render/read/grab (includes real-time pacing waits)
+            frame.meta.setdefault("timing", {}).setdefault("capture", time.perf_counter() - t0)
+            stream, next_seq = frame.stream, frame.seq + 1
+            stats.received += 1
+            if not sender.send(frame, stop=stop):
+                break
+            stats.sent += 1
+    except Exception as exc:  # a camera that vanishes or a folder that breaks mid-way
+        stats.failure = f"{type(exc).__name__}: {exc}"
+        log.error("source %s failed after %d frames: %s", source.name, stats.sent, stats.failure)
+    finally:
+        source.close()
+    meta = {"count": stats.sent}
+    if stats.failure:
+        meta["error"] = stats.failure
+    sender.send(eos(stream, next_seq, **meta), timeout_s=5.0)
+    return stats
+
+
+def run_stage(
+    stage: Stage,
+    receiver: Receiver,
+    sender: Sender | None,
+    stop: threading.Event,
+    stats: LoopStats | None = None,
+) -> LoopStats:
+    """Feed ``stage`` until eos (or ``stop``); errors on one frame never end the loop."""
+    stats = stats or LoopStats()
+    while not stop.is_set():
+        frame = receiver.recv(timeout_s=0.2)
+        if frame is None:
+            continue
+        stats.received += 1
+        if frame.kind == "eos":
+            _send_all(_guarded(stage.finish, stage, frame, stats), sender, stop, stats)
+            if sender is not None:
+                sender.send(frame, timeout_s=5.0)
+            break
+        _send_all(_guarded(lambda f=frame: stage.process(f), stage, frame, stats), sender, stop, stats)
+    for reason, n in receiver.malformed.items():
+        stats.errors[f"malformed: {reason}"] = n
+    return stats
+
+
+def _guarded(call, stage: Stage, frame: Frame, stats: LoopStats) -> list[Frame]:
+    try:
+        return list(call())
+    except Exception as exc:
+        reason = type(exc).__name__
+        stats.errors[reason] += 1
+        log.exception("%s failed on %s seq %d (%s); frame dropped", stage.name, frame.kind, frame.seq, exc)
+        return []
