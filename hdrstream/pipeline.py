@@ -18,6 +18,7 @@ from hdrstream.stage import Source, Stage
 from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
+FLUSH_S = 10.0  # bound on how long a finished stage waits for its last messages to leave
 
 
 @dataclass
@@ -82,7 +83,7 @@ def run_embedded(
         try:
             run_source(source, sender, drain, stats[source.name])
         finally:
-            sender.close()
+            sender.close(flush_s=0 if stop.is_set() else FLUSH_S)
 
     def stage_loop(i: int) -> Callable[[], None]:
         def loop() -> None:
@@ -92,7 +93,7 @@ def run_embedded(
             finally:
                 receivers[i].close()
                 if sender is not None:
-                    sender.close()
+                    sender.close(flush_s=0 if stop.is_set() else FLUSH_S)
 
         return loop
 

@@ -17,6 +17,7 @@ from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
 
+FLUSH_S = 10.0  # how long a finished service waits for its last messages to leave
 PORTS = {"capture": 5550, "preprocess": 5551, "infer": 5552}
 
 
@@ -93,7 +94,7 @@ def serve_capture(args: argparse.Namespace) -> int:
     try:
         return _report("capture", run_source(source, sender, _stop_on_signals()))
     finally:
-        sender.close()
+        sender.close(flush_s=FLUSH_S)
 
 
 def _serve(stage, args: argparse.Namespace, out_bind: bool | None) -> int:
@@ -104,7 +105,7 @@ def _serve(stage, args: argparse.Namespace, out_bind: bool | None) -> int:
     finally:
         receiver.close()
         if sender is not None:
-            sender.close()
+            sender.close(flush_s=FLUSH_S)
 
 
 def serve_preprocess(args: argparse.Namespace) -> int:

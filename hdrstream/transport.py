@@ -87,8 +87,9 @@ class Sender:
             if deadline is not None and time.monotonic() > deadline:
                 return False
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, flush_s: float = 0.0) -> None:
+        """Close; ``flush_s`` > 0 lets queued messages (the final eos) leave first, bounded."""
+        self.sock.close(linger=int(flush_s * 1000))
 
 
 class Receiver:

@@ -1,0 +1,80 @@
+"""ms/frame of each stage at the benchmark resolution, then the whole embedded pipeline.
+
+Each stage is timed alone on the same simulated input (single thread, after one warm-up
+frame), for RGB8 and BayerRG8 camera output; the pipelined run shows what overlapping
+the stages on threads buys.
+
+    .venv/bin/python bench/stages.py [--width 1536 --height 813 --frames 12] [--exposures 2]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+from capture.sim import SimCamera, SimConfig
+from hdrstream.pipeline import run_embedded
+from infer.stage import InferStage
+from preprocess.stage import PreprocessConfig, Preprocessor
+from sink.stage import Sink, SinkConfig
+
+
+def timed(fn, items):
+    """Run fn on every item; return (outputs, per-item seconds, skipping the first as warm-up)."""
+    outs, times = [], []
+    for item in items:
+        t0 = time.perf_counter()
+        outs.extend(fn(item))
+        times.append(time.perf_counter() - t0)
+    return outs, times[1:] or times
+
+
+def ms(times) -> str:
+    return f"{1e3 * float(np.mean(times)):7.1f} ms/frame (p50 {1e3 * float(np.median(times)):6.1f})"
+
+
+def bench(fmt: str, a: argparse.Namespace) -> None:
+    height = a.height + (a.height % 2 if fmt.startswith("Bayer") else 0)  # a mosaic has even rows
+    cfg = SimConfig(width=a.width, height=height, frames=a.frames, exposures=a.exposures, pixel_format=fmt)
+    print(f"\n{fmt} in, {a.width}x{height}, {a.exposures} exposures, {a.frames} frames")
+    cam = SimCamera(cfg)
+    it = iter(cam.frames())
+    frames, t_cap = timed(lambda _: [next(it)], range(a.frames))
+    print(f"  capture (sim render)   {ms(t_cap)}")
+    pre = Preprocessor(PreprocessConfig())
+    windows, t_pre = timed(pre.process, frames)
+    windows += list(pre.finish())
+    print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
+    inf = InferStage(method="classical")
+    hdrs, t_inf = timed(inf.process, windows)
+    print(f"  infer classical        {ms(t_inf)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        sink = Sink(SinkConfig(out_dir=tmp, video=False))
+        _, t_sink = timed(sink.process, hdrs)
+        sink.finish()
+        print(f"  sink (EXR + preview)   {ms(t_sink)}")
+        total = sum(float(np.mean(t)) for t in (t_cap, t_pre, t_inf, t_sink))
+        print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
+        t0 = time.perf_counter()
+        run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage(method="classical"),
+                                      Sink(SinkConfig(out_dir=tmp + "/p", video=False))])
+        dt = time.perf_counter() - t0
+        print(f"  embedded pipeline      {1e3 * dt / a.frames:7.1f} ms/frame  ({a.frames / dt:.2f} frames/s, threads overlap stages)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--width", type=int, default=1536)
+    ap.add_argument("--height", type=int, default=813)
+    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--exposures", type=int, default=2)
+    ap.add_argument("--formats", default="RGB8,BayerRG8")
+    a = ap.parse_args()
+    for fmt in a.formats.split(","):
+        bench(fmt, a)
+
+
+if __name__ == "__main__":
+    main()
