@@ -1,0 +1,432 @@
+"""The sink stage: HDR frames in, files out (EXR, previews, report.json).
+
+Message handling (the :class:`hdrstream.stage.Stage` contract plus end of stream):
+
+- ``process(frame)`` takes ``kind="hdr"`` frames, and also the ``kind="eos"`` message if
+  the runner passes it on: its ``seq`` (one past the last frame) and ``meta["count"]``
+  (frames the source sent; ``meta["first_seq"]`` if present) define the expected seq
+  range, so frames never received are reported as gaps. A runner should therefore hand
+  the eos to ``process`` and then call ``finish``; without an eos, gaps are only the
+  holes between the lowest and highest seq seen.
+- ``finish()`` flushes the reorder buffers, closes the video, writes the contact sheet
+  and ``report.json``. It returns nothing downstream; the sink is the end of the graph.
+
+EXR writing, previews and metrics run on three background threads (:mod:`sink.lanes`),
+each in seq order; ``process`` only validates, converts to half float and reorders.
+
+Anything malformed (not a Frame, wrong kind, wrong format/shape, unsafe stem or method
+name) is counted by reason, logged with its seq, and ignored: a live sink never raises
+on input. Non-finite or out-of-range values are repaired for half float and counted.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hdrstream import hdrio
+from hdrstream.frame import Frame
+from sink.lanes import Lanes
+from sink.preview import ThumbnailSampler, VideoPreview, thumbnail, write_contact_sheet
+from sink.reorder import Released, Reorderer
+from sink.report import QualityTracker, Timings, summary_text
+from sink.tonemap import ReinhardToneMapper
+from sink.writer import ExrWriter, safe_name, to_half
+
+log = logging.getLogger(__name__)
+
+HDR_FORMATS = ("RGBf32", "RGBf16")
+DEFAULT_METHOD = "hdr"  # the name used for frames that carry no meta["method"]
+_GT_SUFFIXES = (".exr", ".hdr")
+NOTES = (
+    "frames_in counts hdr messages of all methods, frames_out the main method's EXRs, exr_files "
+    "those of all methods. timing_ms is per frame (mean/p50/p95/max); sink_write/preview/metrics "
+    "are work times on the sink's threads, sink_process the time process() held the caller. "
+    "PSNR in dB; +inf is stored as null and left out of the means (see *_inf_frames). "
+    "Flicker is per consecutive seq pair."
+)
+
+
+@dataclass
+class SinkConfig:
+    """Where and what the sink writes.
+
+    ``reorder_window``: most frames held per method waiting for a missing seq before it
+    is declared a gap (bounds latency and memory: 64 × 7.5 MB at 1536×813 half float).
+    ``main_method``: whose frames go to ``OUT/<stem>.exr``; None = the first method seen.
+``background``: see :mod:`sink.lanes`; each output kind stays in seq order either way.
+    """
+
+    out_dir: str | Path
+    preview: bool = True
+    video: bool = True
+    gt_dir: str | Path | None = None
+    main_method: str | None = None
+    reorder_window: int = 64
+    video_fps: float = 15.0
+    contact_sheet_frames: int = 16
+    background: bool = True  # EXR / preview / metrics on their own threads (False: inline)
+    max_pending: int = 8  # frames in flight on those threads before process() waits
+
+
+@dataclass
+class _Item:
+    stem: str
+    rgb: np.ndarray  # float16 (H, W, 3), what is written to disk
+    t_min: float | None
+    timing: Any
+
+
+@dataclass
+class _Method:
+    name: str
+    reorder: Reorderer[_Item]
+    tonemap: ReinhardToneMapper = field(default_factory=ReinhardToneMapper)
+    timings: Timings = field(default_factory=Timings)
+    quality: QualityTracker = field(default_factory=QualityTracker)
+    frames_in: int = 0
+    frames_out: int = 0
+
+
+class Sink:
+    """Reorders HDR frames by seq per method and writes EXRs, previews and a report."""
+
+    name = "sink"
+
+    def __init__(self, cfg: SinkConfig) -> None:
+        if cfg.reorder_window < 0:
+            raise ValueError(f"reorder_window must be >= 0, got {cfg.reorder_window}")
+        if cfg.main_method is not None and not safe_name(cfg.main_method):
+            raise ValueError(f"main_method {cfg.main_method!r} is not usable as a folder name")
+        self.cfg = cfg
+        self.out_dir = Path(cfg.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.gt_dir = Path(cfg.gt_dir) if cfg.gt_dir is not None else None
+        self._gt_warned = False  # the folder may be filled while we run (demo), so warn late
+        self._main: str | None = cfg.main_method
+        self._methods: dict[str, _Method] = {}
+        self._writer: ExrWriter | None = None
+        self._video = VideoPreview(self.out_dir / "preview.mp4", cfg.video_fps) if cfg.video else None
+        self._video_path: Path | None = None
+        self._thumbs = ThumbnailSampler(cfg.contact_sheet_frames)
+        self._sheet_path: Path | None = None
+        self._main_index = 0
+        self._gt_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
+        self._eos_end: int | None = None
+        self._eos_start: int | None = None
+        self.frames_in = 0
+        self.repaired = 0  # frames with non-finite values that were repaired
+        self.dropped: Counter[str] = Counter()
+        self._t_start: float | None = None
+        self._t_end: float | None = None
+        self._finished = False
+        self._lock = threading.Lock()  # counters touched by the lanes
+        self._lanes = Lanes(("exr", "preview", "metrics"), cfg.max_pending, cfg.background)
+        self._process_ms = Timings()
+
+    # -- the Stage protocol ------------------------------------------------------------
+
+    def process(self, frame: Frame) -> list[Frame]:
+        """Handle one message; never raises on bad input. Returns [] (nothing goes on)."""
+        if self._t_start is None:
+            self._t_start = time.perf_counter()
+        if self._finished:
+            self._drop("after_finish", frame)
+            return []
+        t0 = time.perf_counter()
+        try:
+            self._process(frame)
+        except Exception:  # a bug must not stop a live stream
+            log.exception("sink: failed on message seq=%s", getattr(frame, "seq", "?"))
+            self._count("error")
+        self._process_ms.add("sink_process", 1000 * (time.perf_counter() - t0))
+        return []
+
+    def finish(self) -> list[Frame]:
+        """Flush held frames in order, close the video, write contact sheet and report."""
+        if self._finished:
+            return []
+        self._finished = True
+        if self._t_start is None:
+            self._t_start = time.perf_counter()
+        if self._eos_end is not None and self._main is None:
+            self._main = DEFAULT_METHOD  # nothing arrived: still report the expected frames as gaps
+        if self._eos_end is not None and self._main is not None:
+            self._method(self._main)
+        for m in self._methods.values():
+            for r in m.reorder.flush(end=self._eos_end, start=self._eos_start):
+                self._emit(m, r)
+        self._lanes.close()  # every queued EXR, preview and score is done after this
+        if self._video is not None:
+            self._video_path = self._video.close()
+        try:
+            self._sheet_path = write_contact_sheet(self.out_dir / "contact_sheet.png", self._thumbs.selection())
+        except Exception:
+            log.exception("sink: could not write the contact sheet")
+        self._t_end = time.perf_counter()
+        report = self.report()
+        text = json.dumps(report, indent=2, allow_nan=False)
+        hdrio.atomic_write(self.out_dir / "report.json", lambda tmp: Path(tmp).write_text(text + "\n"))
+        log.info("%s", summary_text(report))
+        return []
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def report(self) -> dict[str, Any]:
+        """Everything measured so far, as a JSON-safe dict (what report.json holds)."""
+        end = self._t_end if self._t_end is not None else time.perf_counter()
+        wall = end - self._t_start if self._t_start is not None else 0.0
+        main = self._methods.get(self._main) if self._main is not None else None
+        with self._lock:
+            main_out = main.frames_out if main else 0
+            dropped = dict(self.dropped)
+            frames_out = sum(m.frames_out for m in self._methods.values())
+        methods = {}
+        for name, m in list(self._methods.items()):
+            methods[name] = {
+                "dir": str(self._dir_for(name)),
+                "frames_in": m.frames_in,
+                "frames_out": m.frames_out,
+                "gaps": m.reorder.gaps,
+                "duplicates": m.reorder.duplicates,
+                "late": m.reorder.late,
+                "held": m.reorder.held,
+                "timing_ms": m.timings.summary(),
+                "quality": m.quality.summary() if self.gt_dir is not None else None,
+            }
+        return {
+            "out_dir": str(self.out_dir),
+            "main_method": self._main,
+            "frames_in": self.frames_in,
+            "frames_out": main_out,
+            "exr_files": frames_out,
+            "dropped": {"total": sum(dropped.values()), "by_reason": dropped},
+            "duplicates": sum(m.reorder.duplicates for m in self._methods.values()),
+            "late": sum(m.reorder.late for m in self._methods.values()),
+            "repaired_frames": self.repaired,
+            "gaps": main.reorder.gaps if main else [],
+            "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
+            "wall_s": round(wall, 4),
+            "throughput_fps": round(main_out / wall, 3) if wall > 0 else 0.0,
+            "timing_ms": {**(methods[self._main]["timing_ms"] if main else {}), **self._process_ms.summary()},
+            "quality": methods[self._main]["quality"] if main else None,
+            "methods": methods,
+            "files": {
+                "exr_dir": str(self.out_dir),
+                "preview_dir": str(self.out_dir / "preview") if self.cfg.preview else None,
+                "video": str(self._video_path) if self._video_path else None,
+                "contact_sheet": str(self._sheet_path) if self._sheet_path else None,
+                "report": str(self.out_dir / "report.json"),
+            },
+            "notes": NOTES,
+        }
+
+    def summary(self) -> str:
+        """A few human-readable lines: frames, gaps, mean quality per method, where files are."""
+        return summary_text(self.report())
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _process(self, frame: Frame) -> None:
+        if not isinstance(frame, Frame):
+            self._drop("not_a_frame", frame)
+            return
+        if frame.kind == "eos":
+            self._on_eos(frame)
+            return
+        if frame.kind != "hdr":
+            self._drop("not_hdr", frame)
+            return
+        self.frames_in += 1
+        reason = _check(frame)
+        if reason:
+            self._drop(reason, frame)
+            return
+        method = frame.meta.get("method")
+        if method is None or method == "":
+            method = self._main or DEFAULT_METHOD
+        if not isinstance(method, str) or not safe_name(method):
+            self._drop("bad_method", frame)
+            return
+        stem = frame.stem
+        if not safe_name(stem):
+            self._drop("bad_stem", frame)
+            return
+        if self._main is None:
+            self._main = method
+        rgb, repaired = to_half(frame.data)
+        if repaired:
+            self.repaired += 1
+            log.warning("sink: seq %d (%s) had %d non-finite value(s); repaired", frame.seq, method, repaired)
+        item = _Item(stem, rgb, _t_min(frame), frame.meta.get("timing"))
+        m = self._method(method)
+        m.frames_in += 1
+        released = m.reorder.push(int(frame.seq), item)
+        if released is None:
+            log.warning("sink: duplicate seq %d for method %s ignored", frame.seq, method)
+            return
+        for r in released:
+            self._emit(m, r)
+
+    def _on_eos(self, frame: Frame) -> None:
+        end = frame.seq
+        if not isinstance(end, int) or isinstance(end, bool) or end < 0:
+            self._drop("bad_eos", frame)
+            return
+        self._eos_end = end if self._eos_end is None else max(self._eos_end, end)
+        first, count = frame.meta.get("first_seq"), frame.meta.get("count")
+        if isinstance(first, int) and not isinstance(first, bool):
+            self._eos_start = first
+        elif isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            self._eos_start = max(0, self._eos_end - count)
+        log.info("sink: end of stream at seq %d (start %s)", end, self._eos_start)
+
+    def _method(self, name: str) -> _Method:
+        m = self._methods.get(name)
+        if m is None:
+            m = self._methods[name] = _Method(name, Reorderer(self.cfg.reorder_window))
+        return m
+
+    def _dir_for(self, method: str) -> Path:
+        return self.out_dir if method == self._main else self.out_dir / method
+
+    def _emit(self, m: _Method, r: Released[_Item]) -> None:
+        """Queue one in-order (or late) frame's outputs on the lanes."""
+        m.timings.add_seconds(r.item.timing)
+        self._lanes.submit("exr", self._write_exr, m, r)
+        if self.cfg.preview or self._video is not None or m.name == self._main:
+            self._lanes.submit("preview", self._timed, m, "sink_preview", self._previews, m, r)
+        if self.gt_dir is not None:
+            self._lanes.submit("metrics", self._timed, m, "sink_metrics", self._score, m, r)
+
+    def _write_exr(self, m: _Method, r: Released[_Item]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._exr_writer().write(m.name, r.item.stem, r.item.rgb)
+        except Exception:
+            log.exception("sink: could not write the EXR of seq %d (%s)", r.seq, m.name)
+            self._count("write_error")
+            return
+        m.timings.add("sink_write", 1000 * (time.perf_counter() - t0))
+        with self._lock:
+            m.frames_out += 1
+
+    @staticmethod
+    def _timed(m: _Method, key: str, fn: Any, *args: Any) -> None:
+        t0 = time.perf_counter()
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("sink: %s failed", key)
+        m.timings.add(key, 1000 * (time.perf_counter() - t0))
+
+    def _exr_writer(self) -> ExrWriter:
+        if self._writer is None:
+            self._writer = ExrWriter(self.out_dir, self._main or DEFAULT_METHOD)
+        return self._writer
+
+    def _previews(self, m: _Method, r: Released[_Item]) -> None:
+        """Tone-mapped PNG, video frame, contact-sheet thumbnail (preview lane, seq order)."""
+        in_video = m.name == self._main and not r.late
+        rgb8 = None
+        if self.cfg.preview or (in_video and self._video is not None):
+            rgb8 = m.tonemap(r.item.rgb)
+            if self.cfg.preview:
+                hdrio.write_png(self._dir_for(m.name) / "preview" / f"{r.item.stem}.png", rgb8)
+            if in_video and self._video is not None:
+                self._video.write(rgb8)
+        if not in_video:
+            return
+        index = self._main_index
+        self._main_index += 1
+        if not self._thumbs.wants(index):
+            return
+        if rgb8 is None:  # previews off: map a subsampled copy, enough for a thumbnail
+            step = max(1, r.item.rgb.shape[1] // 320)
+            small = np.ascontiguousarray(r.item.rgb[::step, ::step], np.float32)
+            m.tonemap.update(small)
+            rgb8 = m.tonemap.apply(small)
+        self._thumbs.add(index, r.item.stem, thumbnail(rgb8))
+
+    def _score(self, m: _Method, r: Released[_Item]) -> None:
+        gt = self._ground_truth(r.item.stem)
+        if gt is None or r.item.t_min is None:
+            if r.item.t_min is None:
+                log.warning("sink: seq %d has no t_min/exposures in meta; not scored", r.seq)
+            m.quality.missing_gt()
+            return
+        if gt.shape != r.item.rgb.shape:
+            log.warning("sink: ground truth %s is %s but seq %d is %s; not scored",
+                        r.item.stem, gt.shape, r.seq, r.item.rgb.shape)
+            m.quality.missing_gt()
+            return
+        m.quality.add(r.seq, r.item.stem, r.item.rgb.astype(np.float32), gt, r.item.t_min, in_order=not r.late)
+
+    def _ground_truth(self, stem: str) -> np.ndarray | None:
+        """GT for ``stem``; the last two are cached (methods of one seq arrive together)."""
+        if stem in self._gt_cache:
+            self._gt_cache.move_to_end(stem)
+            return self._gt_cache[stem]
+        gt = None
+        assert self.gt_dir is not None
+        for suffix in _GT_SUFFIXES:
+            path = self.gt_dir / f"{stem}{suffix}"
+            if path.is_file():
+                try:
+                    gt = hdrio.read_hdr_image(path)
+                except (OSError, ValueError) as exc:
+                    log.warning("sink: cannot read ground truth %s: %s", path, exc)
+                break
+        else:
+            if not self._gt_warned:
+                log.warning("sink: no ground truth %s.exr/.hdr in %s; such frames are not scored", stem, self.gt_dir)
+                self._gt_warned = True
+        self._gt_cache[stem] = gt
+        while len(self._gt_cache) > 2:
+            self._gt_cache.popitem(last=False)
+        return gt
+
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += 1
+
+    def _drop(self, reason: str, frame: Any) -> None:
+        self._count(reason)
+        seq = getattr(frame, "seq", "?")
+        kind = getattr(frame, "kind", type(frame).__name__)
+        log.warning("sink: dropped message seq=%s kind=%s: %s", seq, kind, reason)
+
+
+def _check(frame: Frame) -> str | None:
+    """Why an hdr frame cannot be written, or None if it can."""
+    if frame.pixel_format not in HDR_FORMATS:
+        return "bad_format"
+    data = frame.data
+    if not isinstance(data, np.ndarray) or data.dtype.kind != "f":
+        return "bad_payload"
+    if data.ndim != 3 or data.shape[2] != 3 or data.shape[0] == 0 or data.shape[1] == 0:
+        return "bad_payload"
+    if not isinstance(frame.seq, (int, np.integer)) or isinstance(frame.seq, bool) or frame.seq < 0:
+        return "bad_seq"
+    return None
+
+
+def _t_min(frame: Frame) -> float | None:
+    """Shortest exposure of the cycle: meta t_min, else min(meta exposures), else None."""
+    t = frame.meta.get("t_min")
+    if isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0:
+        return float(t)
+    exps = frame.meta.get("exposures")
+    if isinstance(exps, (list, tuple)):
+        vals = [float(e) for e in exps if isinstance(e, (int, float)) and not isinstance(e, bool) and e > 0]
+        if vals:
+            return min(vals)
+    return None
