@@ -30,13 +30,29 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: 
     return path
 
 
+_EXR_THREADS = False
+
+
+def _use_exr_threads() -> None:
+    """Let OpenEXR compress on every core (set once: it is a process-wide pool)."""
+    global _EXR_THREADS
+    if not _EXR_THREADS:
+        OpenEXR.set_global_thread_count(os.cpu_count() or 1)
+        _EXR_THREADS = True
+
+
 def write_exr(path: str | os.PathLike, rgb: np.ndarray, half: bool = True) -> Path:
-    """Write linear RGB (H, W, 3) as a ZIP-compressed EXR, half float by default."""
+    """Write linear RGB (H, W, 3) as a lossless PIZ-compressed EXR, half float by default.
+
+    PIZ rather than ZIP: on noisy camera frames it is as small and ~1.6x faster to write
+    (1536x813 half: 23 ms vs 37 ms on 2 cores, both ~1.9 MB).
+    """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError(f"write_exr needs (H, W, 3), got {rgb.shape}")
+    _use_exr_threads()
     data = np.ascontiguousarray(rgb, dtype=np.float16 if half else np.float32)
-    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    header = {"compression": OpenEXR.PIZ_COMPRESSION, "type": OpenEXR.scanlineimage}
 
     def _write(tmp: str) -> None:
         with OpenEXR.File(header, {"RGB": data}) as f:
@@ -85,7 +101,7 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write an 8- or 16-bit RGB (or single-channel) image as PNG, atomically."""
     img = np.asarray(rgb)
     if img.ndim == 3:
-        img = img[..., ::-1]  # OpenCV stores BGR
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)  # OpenCV stores BGR
 
     def _write(tmp: str) -> None:
         if not cv2.imwrite(tmp, img):
