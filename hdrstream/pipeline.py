@@ -39,7 +39,8 @@ class _Observed:
 
     def process(self, frame: Frame) -> Iterable[Frame]:
         out = list(self.stage.process(frame))
-        self.on_frame(frame)
+        if frame.kind != "eos":
+            self.on_frame(frame)
         return out
 
     def finish(self) -> Iterable[Frame]:

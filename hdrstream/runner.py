@@ -43,7 +43,7 @@ def _send_all(frames, sender: Sender | None, stop: threading.Event, stats: LoopS
 def run_source(source: Source, sender: Sender, stop: threading.Event, stats: LoopStats | None = None) -> LoopStats:
     """Publish every frame of ``source``, then one eos carrying the count and any failure."""
     stats = stats or LoopStats()
-    next_seq, stream = 0, source.name
+    next_seq, first_seq, stream = 0, None, source.name
     frames = iter(source.frames())
     try:
         while not stop.is_set():
@@ -54,6 +54,7 @@ def run_source(source: Source, sender: Sender, stop: threading.Event, stats: Loo
             # time to produce the frame: render/read/grab (includes real-time pacing waits)
             frame.meta.setdefault("timing", {}).setdefault("capture", time.perf_counter() - t0)
             stream, next_seq = frame.stream, frame.seq + 1
+            first_seq = frame.seq if first_seq is None else first_seq
             stats.received += 1
             if not sender.send(frame, stop=stop):
                 break
@@ -63,7 +64,7 @@ def run_source(source: Source, sender: Sender, stop: threading.Event, stats: Loo
         log.error("source %s failed after %d frames: %s", source.name, stats.sent, stats.failure)
     finally:
         source.close()
-    meta = {"count": stats.sent}
+    meta = {"count": stats.sent, "first_seq": first_seq if first_seq is not None else next_seq}
     if stats.failure:
         meta["error"] = stats.failure
     sender.send(eos(stream, next_seq, **meta), timeout_s=5.0)
@@ -85,7 +86,9 @@ def run_stage(
             continue
         stats.received += 1
         if frame.kind == "eos":
-            _send_all(_guarded(stage.finish, stage, frame, stats), sender, stop, stats)
+            # the stage sees the eos first (the sink learns the expected seq range), then flushes
+            _send_all(_guarded(lambda f=frame: [*stage.process(f), *stage.finish()], stage, frame, stats),
+                      sender, stop, stats)
             if sender is not None:
                 sender.send(frame, timeout_s=5.0)
             break

@@ -26,7 +26,11 @@ class Stage(Protocol):
     name: str
 
     def process(self, frame: Frame) -> Iterable[Frame]:
-        """Handle one message; return what to send downstream (possibly nothing)."""
+        """Handle one message; return what to send downstream (possibly nothing).
+
+        The ``eos`` message comes here too, just before :meth:`finish`: it carries
+        ``count`` and ``first_seq``, so a stage can tell which seqs it never got.
+        """
         ...
 
     def finish(self) -> Iterable[Frame]:

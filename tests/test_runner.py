@@ -32,6 +32,8 @@ class Doubler:
     name = "doubler"
 
     def process(self, f):
+        if f.kind == "eos":
+            return
         if f.seq == 3:
             raise RuntimeError("boom")
         yield Frame("hdr", f.stream, f.seq, f.t_ns, f.exposure_s, 0.0, "RGBf32",
@@ -48,7 +50,10 @@ class Collect:
         self.seen, self.finished = [], False
 
     def process(self, f):
-        self.seen.append((f.seq, float(f.data[0, 0, 0])))
+        if f.kind == "eos":
+            self.eos = f
+        else:
+            self.seen.append((f.seq, float(f.data[0, 0, 0])))
         return []
 
     def finish(self):
@@ -65,6 +70,7 @@ def test_embedded_graph_delivers_everything_and_survives_a_bad_frame():
     assert dict(collect.seen)[5] == 10.0
     assert result.stats["doubler"].errors["RuntimeError"] == 1
     assert result.ok and len(outputs) == 8
+    assert collect.eos.meta == {"count": 8, "first_seq": 0}
 
 
 def test_failing_source_still_ends_the_stream_with_the_reason():

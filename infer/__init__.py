@@ -1,0 +1,1 @@
+"""HDR reconstruction of aligned exposure windows (classical baseline; networks later)."""

@@ -1,0 +1,300 @@
+"""Classical HDR video reconstruction: optical flow, then a noise-aware, deghosted merge.
+
+The project's baseline and its CPU fallback, in the spirit of Kang et al. 2003 and
+Kalantari et al. 2013:
+
+1. Each neighbour of another exposure is aligned to the reference by dense optical flow
+   (OpenCV DIS) on an *exposure-matched* pair: the darker frame is brought up to the
+   brighter one's exposure and clipped, so both saturate in the same places.
+   Preprocess already removed the camera's motion, so the residual flow is kept only
+   where it explains the reference clearly better than no flow (moving objects); elsewhere
+   it is mostly estimation noise, and resampling by it would blur and jitter texture.
+   Where the exposure-matched reference is clipped there is nothing to match; there the
+   flow comes from the neighbour and its same-exposure partner on the other side of the
+   reference, assuming constant motion (Kang et al.), or is filled in from around.
+2. All frames are merged in linear radiance H = L^2.2 / t. A frame's weight is its
+   signal-to-noise proxy t^p (longer exposures are cleaner) times a roll-off that drops
+   saturated pixels, times a *ghost* term that drops a warped neighbour where, brought to
+   the brighter exposure, it disagrees with the reference by more than noise explains.
+   Clipping both at the brighter exposure makes a saturated reference agree with anything
+   at least as bright, so only real contradictions count.
+3. The paper's final blend H = M·H_ref + (1-M)·H_merge (M: well-exposed mask of the
+   reference) is applied when the reference is the longest exposure of the window: its
+   well-exposed pixels are already the cleanest there are, and the shorter neighbours can
+   only add misalignment. For shorter references the blend is skipped (``keep_reference``):
+   their well-exposed pixels are still noisy, and the deghosted merge, which already falls
+   back to the reference wherever a neighbour disagrees, averages that noise away
+   (measured on the simulated camera: +2 to +4 dB PSNR-μ for short references).
+
+Where the reference is saturated and every neighbour was rejected, the merge keeps the
+neighbours with a small weight, bounded below by the reference's clipped value (a clipped
+reference only says "at least this bright"); where everything is clipped, the shortest
+frames are the last resort.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from infer.mask import EXPOSURE_TOL, well_exposed_mask
+from infer.reconstructor import check_window, to_hdr
+
+
+@dataclass(frozen=True)
+class ClassicalConfig:
+    """Tuning of :class:`ClassicalReconstructor`; defaults tuned on the simulated camera
+    (1:8 and 1:4:16, 640×360, camera motion and moving objects)."""
+
+    flow_preset: int = cv2.DISOPTICAL_FLOW_PRESET_FAST
+    flow_alpha: float = 40.0  # DIS variational smoothness (the presets use 20)
+    flow_max_px: int = 768  # flow runs on a copy at most this wide (long side)
+    zero_bias: float = 0.005  # keep flow only where it lowers mean |ΔL| by this (0: always)
+    flow_sat: float = 0.96  # exposure-matched reference at or above this: no flow from it
+    pair_flow: bool = True  # flow in clipped regions from the same-exposure partner
+    snr_power: float = 1.0  # weight ∝ t^p: 1 for shot-noise, 2 for read-noise limited sensors
+    sat_start: float = 0.85  # L where a frame's saturation roll-off begins ...
+    sat_end: float = 0.97  # ... and where its weight reaches zero
+    ghost_tol: float = 0.015  # tolerated mean |ΔL| at the brighter exposure (grows with gain)
+    ghost_blur_px: int = 3  # box filter on the difference before thresholding
+    same_exposure: bool = False  # also merge the nearest frames of the reference's exposure
+    fallback_weight: float = 0.001  # keeps rejected neighbours where nothing else is left
+    keep_reference: str = "longest"  # the paper's blend M·H_ref + (1-M)·H_merge: never|longest|always
+    mask_reduce: str = "none"  # for keep_reference, see infer.mask
+
+    def __post_init__(self) -> None:
+        if self.keep_reference not in ("never", "longest", "always"):
+            raise ValueError(f"keep_reference must be never|longest|always, got {self.keep_reference!r}")
+        if not 0.0 <= self.sat_start < self.sat_end <= 1.0:
+            raise ValueError(f"need 0 <= sat_start < sat_end <= 1, got {self.sat_start}, {self.sat_end}")
+        if self.ghost_tol <= 0 or self.flow_max_px < 1:
+            raise ValueError("ghost_tol and flow_max_px must be positive")
+
+
+_MIN_FLOW_PX = 16
+
+
+class ClassicalReconstructor:
+    """Flow-aligned, deghosted multi-exposure merge (no learning); works on any window."""
+
+    name = "classical"
+
+    def __init__(self, cfg: ClassicalConfig | None = None) -> None:
+        self.cfg = cfg or ClassicalConfig()
+        self._dis = cv2.DISOpticalFlow_create(self.cfg.flow_preset)
+        self._dis.setVariationalRefinementAlpha(self.cfg.flow_alpha)
+
+    def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
+        check_window(frames, exposures, ref)
+        cfg = self.cfg
+        L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
+        H_ref = to_hdr(L_ref, t_ref)
+        M = None
+        if cfg.keep_reference == "always" or (cfg.keep_reference == "longest" and _same(t_ref, max(exposures))):
+            M = well_exposed_mask(L_ref, exposures, ref, reduce=cfg.mask_reduce)
+            if M.min() >= 1.0:
+                return H_ref
+        nbrs = self.neighbours(exposures, ref, cfg.same_exposure)
+        if not nbrs:
+            return H_ref
+        maps = _Flows(self, frames, exposures, ref).maps(nbrs)
+        g_ref = _grey(L_ref)
+        t_short = min(exposures)
+        w = self._weight(L_ref, t_ref)
+        if _same(t_ref, t_short):
+            w += np.float32(1e-6)  # even clipped, the shortest frames are the last resort
+        num = H_ref * w[..., None]
+        den = w
+        for j in nbrs:
+            t_j = float(exposures[j])
+            L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
+                            borderMode=cv2.BORDER_REPLICATE)
+            w = self._weight(L_j, t_j)
+            w *= self._agreement(_grey(L_j), g_ref, t_j, t_ref) + np.float32(cfg.fallback_weight)
+            if _same(t_j, t_short):
+                w += np.float32(1e-6)
+            den = den + w
+            w *= np.float32(1.0 / t_j)
+            num += cv2.pow(L_j, 2.2) * w[..., None]  # w · H_j
+        H = num
+        H /= np.maximum(den, np.float32(1e-12))[..., None]
+        # A clipped reference bounds the radiance from below.
+        np.maximum(H, H_ref * (L_ref >= np.float32(cfg.sat_end)), out=H)
+        if M is not None:  # H = M·H_ref + (1 − M)·H_merge
+            H_ref -= H
+            H_ref *= M
+            H += H_ref
+        return H
+
+    @staticmethod
+    def neighbours(exposures: Sequence[float], ref: int, same_exposure: bool = False) -> list[int]:
+        """The nearest frame on each side for every exposure other than the reference's
+        (and for the reference's own exposure too, with ``same_exposure``)."""
+        t_ref = exposures[ref]
+        out: list[int] = []
+        for side in (range(ref - 1, -1, -1), range(ref + 1, len(exposures))):
+            seen: list[float] = [] if same_exposure else [t_ref]
+            for j in side:
+                t = exposures[j]
+                if any(_same(t, s) for s in seen):
+                    continue
+                seen.append(t)
+                out.append(j)
+        return out
+
+    def _weight(self, L: np.ndarray, t: float) -> np.ndarray:
+        """t^p times a smooth roll-off to 0 as the brightest channel saturates; (H, W)."""
+        cfg = self.cfg
+        x = cv2.cvtColor(L, cv2.COLOR_RGB2HSV)[..., 2]  # V = max(R, G, B), fast
+        x = (np.float32(cfg.sat_end) - x) * np.float32(1.0 / (cfg.sat_end - cfg.sat_start))
+        np.clip(x, 0.0, 1.0, out=x)
+        return x * x * (np.float32(3.0) - np.float32(2.0) * x) * np.float32(t**cfg.snr_power)
+
+    def _agreement(self, g_j: np.ndarray, g_ref: np.ndarray, t_j: float, t_ref: float) -> np.ndarray:
+        """(H, W): ≈1 where neighbour and reference agree at the brighter exposure, → 0 where not."""
+        cfg = self.cfg
+        bright = max(t_ref, t_j)
+        a = np.minimum(g_ref * _up(bright, t_ref), np.float32(1.0))
+        b = np.minimum(g_j * _up(bright, t_j), np.float32(1.0))
+        d = cv2.blur(cv2.absdiff(a, b), (cfg.ghost_blur_px, cfg.ghost_blur_px))
+        # The darker frame's noise, amplified by the exposure match, widens the tolerance.
+        d *= np.float32(1.0 / (cfg.ghost_tol * _noise_gain(t_ref, t_j)))
+        return np.exp(-(d * d))
+
+
+class _Flows:
+    """Flow fields of one window, on grey copies at most ``flow_max_px`` wide."""
+
+    def __init__(self, rec: ClassicalReconstructor, frames: np.ndarray, exposures: Sequence[float], ref: int):
+        self.rec, self.cfg = rec, rec.cfg
+        self.frames, self.t, self.ref = frames, [float(t) for t in exposures], ref
+        self.full = frames.shape[1:3]
+        h, w = self.full
+        self.s = min(1.0, self.cfg.flow_max_px / max(h, w))
+        self.size = (max(1, round(w * self.s)), max(1, round(h * self.s)))
+        self._grey: dict[int, np.ndarray] = {}
+        self._pairs: dict[tuple[int, int], np.ndarray] = {}
+
+    def maps(self, nbrs: list[int]) -> dict[int, np.ndarray]:
+        """Absolute sampling maps (H, W, 2) for ``cv2.remap`` of each neighbour onto the reference."""
+        h, w = self.full
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        out = {}
+        for j in nbrs:
+            flow = self._flow_to(j)
+            if self.s < 1.0:
+                flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
+                flow *= np.float32(1.0 / self.s)
+            flow[..., 0] += gx
+            flow[..., 1] += gy
+            out[j] = flow
+        return out
+
+    def grey(self, i: int) -> np.ndarray:
+        """Working-size grey of frame i, float32 in [0, 1]."""
+        if i not in self._grey:
+            g = _grey(np.asarray(self.frames[i], np.float32))
+            if self.s < 1.0:
+                g = cv2.resize(g, self.size, interpolation=cv2.INTER_AREA)
+            self._grey[i] = g
+        return self._grey[i]
+
+    def _flow_to(self, j: int) -> np.ndarray:
+        """Working-size flow f with ref(x) ≈ frame_j(x + f(x))."""
+        cfg, ref = self.cfg, self.ref
+        if min(self.size) < _MIN_FLOW_PX:  # DIS needs a few patches; global alignment only
+            return np.zeros((self.size[1], self.size[0], 2), np.float32)
+        bright = max(self.t[ref], self.t[j])
+        a = _u8(self.grey(ref) * _up(bright, self.t[ref]))
+        b = _u8(self.grey(j) * _up(bright, self.t[j]))
+        flow = self.rec._dis.calc(a, b, None)
+        if cfg.zero_bias > 0:
+            flow *= _flow_needed(flow, a, b, cfg.zero_bias * _noise_gain(self.t[ref], self.t[j]))[..., None]
+        valid = cv2.erode((a < np.uint8(round(255 * cfg.flow_sat))).astype(np.uint8), np.ones((5, 5), np.uint8))
+        if valid.all():
+            return flow
+        valid = valid.astype(bool)[..., None]
+        p = self._partner(j) if cfg.pair_flow else None
+        if p is None:
+            fill = _fill_from_valid(flow, valid[..., 0])
+        else:  # constant motion: ref -> j is (j - ref) frames of the j -> p motion per frame
+            fill = self._pair_flow(j, p) * np.float32((j - ref) / (p - j))
+        return np.where(valid, flow, fill)
+
+    def _partner(self, j: int) -> int | None:
+        """The frame nearest the reference on its other side with j's exposure, if any."""
+        ref = self.ref
+        side = range(ref + 1, len(self.t)) if j < ref else range(ref - 1, -1, -1)
+        return next((k for k in side if _same(self.t[k], self.t[j])), None)
+
+    def _pair_flow(self, j: int, p: int) -> np.ndarray:
+        """Flow on j's grid from j to p (same exposure), zeroed where not needed; cached both ways."""
+        key = (min(j, p), max(j, p))
+        if key not in self._pairs:
+            a, b = _u8(self.grey(key[0])), _u8(self.grey(key[1]))
+            flow = self.rec._dis.calc(a, b, None)
+            if self.cfg.zero_bias > 0:
+                flow *= _flow_needed(flow, a, b, self.cfg.zero_bias)[..., None]
+            self._pairs[key] = flow
+        # Evaluated at the reference's pixel, the j->p and p->j motions are opposite.
+        return self._pairs[key] if j == key[0] else -self._pairs[key]
+
+
+def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) -> np.ndarray:
+    """(H, W) in [0, 1]: 0 where the unwarped ``b`` matches ``a`` about as well as the warped one.
+
+    ``bias`` is in grey units ([0, 1]): how much lower the flow must bring the local mean
+    absolute difference before it is trusted.
+    """
+    h, w = a.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    bw = cv2.remap(b, flow[..., 0] + gx, flow[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    k = (7, 7)
+    e_flow = cv2.blur(cv2.absdiff(a, bw).astype(np.float32), k)
+    e_zero = cv2.blur(cv2.absdiff(a, b).astype(np.float32), k)
+    keep = (e_zero - e_flow) * np.float32(1.0 / (255.0 * bias)) - np.float32(1.0)
+    np.clip(keep, 0.0, 1.0, out=keep)
+    return cv2.blur(keep, k)
+
+
+def _fill_from_valid(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Flow for the invalid pixels from the nearest valid motion (normalised convolution at
+    growing scales, on a grid 8× coarser); far from any valid pixel, 0."""
+    h, w = valid.shape
+    f = 8
+    size = (max(1, w // f), max(1, h // f))
+    c = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    fc = cv2.resize(flow * valid[..., None], size, interpolation=cv2.INTER_AREA)
+    fill = np.zeros(fc.shape, np.float32)
+    todo = np.ones(c.shape, bool)
+    for sigma in (2.0, 8.0, 32.0):
+        bc = cv2.GaussianBlur(c, (0, 0), sigma)
+        bf = cv2.GaussianBlur(fc, (0, 0), sigma)
+        ok = todo & (bc > 0.02)
+        fill[ok] = bf[ok] / bc[ok][:, None]
+        todo &= ~ok
+    return cv2.resize(fill, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _up(bright: float, t: float) -> np.float32:
+    """Gamma-domain factor that brings exposure t to the brighter exposure."""
+    return np.float32((bright / t) ** (1 / 2.2))
+
+
+def _noise_gain(t_a: float, t_b: float) -> float:
+    """How much the exposure match amplifies the darker frame's noise, softened."""
+    return 0.5 + 0.5 * (max(t_a, t_b) / min(t_a, t_b)) ** (1 / 2.2)
+
+
+def _same(a: float, b: float) -> bool:
+    return abs(a - b) <= EXPOSURE_TOL * max(a, b)
+
+
+def _grey(L: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(L, cv2.COLOR_RGB2GRAY)
+
+
+def _u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
