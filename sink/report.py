@@ -142,8 +142,8 @@ class QualityTracker:
         }
 
 
-def _fmt(x: float | None, unit: str = " dB") -> str:
-    return "n/a" if x is None else f"{x:.2f}{unit}"
+def _fmt(x: float | None, unit: str = " dB", digits: int = 2) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}{unit}"
 
 
 def summary_text(report: dict[str, Any]) -> str:
@@ -165,7 +165,7 @@ def summary_text(report: dict[str, Any]) -> str:
         if q:
             lines.append(
                 f"{name}{main}: PSNR-μ {_fmt(q['psnr_mu_mean'])}, PSNR-L {_fmt(q['psnr_l_mean'])}, "
-                f"flicker {_fmt(q['flicker_mean'], '')} over {q['frames_with_gt']} frame(s) with GT"
+                f"flicker {_fmt(q['flicker_mean'], '', 4)} over {q['frames_with_gt']} frame(s) with GT"
             )
         lines.append(f"{name}{main}: {m['frames_out']} frame(s) in {m['dir']}")
     files = report["files"]
