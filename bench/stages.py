@@ -51,7 +51,7 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
     hdrs, t_inf = timed(inf.process, windows)
     print(f"  infer classical        {ms(t_inf)}")
     with tempfile.TemporaryDirectory() as tmp:
-        sink = Sink(SinkConfig(out_dir=tmp, video=False))
+        sink = Sink(SinkConfig(out_dir=tmp, video=False, background=False))  # inline: time the work itself
         _, t_sink = timed(sink.process, hdrs)
         sink.finish()
         print(f"  sink (EXR + preview)   {ms(t_sink)}")

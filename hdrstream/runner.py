@@ -17,6 +17,7 @@ from hdrstream.stage import Source, Stage
 from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
+EOS_TIMEOUT_S = 30.0  # how long a finished loop waits for downstream to take its eos
 
 
 @dataclass
@@ -67,7 +68,8 @@ def run_source(source: Source, sender: Sender, stop: threading.Event, stats: Loo
     meta = {"count": stats.sent, "first_seq": first_seq if first_seq is not None else next_seq}
     if stats.failure:
         meta["error"] = stats.failure
-    sender.send(eos(stream, next_seq, **meta), timeout_s=5.0)
+    if not sender.send(eos(stream, next_seq, **meta), timeout_s=EOS_TIMEOUT_S):
+        log.error("%s: end of stream not delivered within %.0f s", source.name, EOS_TIMEOUT_S)
     return stats
 
 
@@ -89,8 +91,8 @@ def run_stage(
             # the stage sees the eos first (the sink learns the expected seq range), then flushes
             _send_all(_guarded(lambda f=frame: [*stage.process(f), *stage.finish()], stage, frame, stats),
                       sender, stop, stats)
-            if sender is not None:
-                sender.send(frame, timeout_s=5.0)
+            if sender is not None and not sender.send(frame, timeout_s=EOS_TIMEOUT_S):
+                log.error("%s: end of stream not delivered within %.0f s", stage.name, EOS_TIMEOUT_S)
             break
         _send_all(_guarded(lambda f=frame: stage.process(f), stage, frame, stats), sender, stop, stats)
     for reason, n in receiver.malformed.items():

@@ -13,7 +13,7 @@ import sys
 import threading
 
 from hdrstream.runner import LoopStats, run_source, run_stage
-from hdrstream.transport import Receiver, Sender
+from hdrstream.transport import Receiver, Sender, shutdown
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,22 @@ def serve_capture(args: argparse.Namespace) -> int:
         source = SimCamera(_sim_config(args))
     sender = Sender(args.out, bind=True)
     try:
-        return _report("capture", run_source(source, sender, _stop_on_signals()))
+        rc = _report("capture", run_source(source, sender, _stop_on_signals()))
     finally:
         sender.close(flush_s=FLUSH_S)
+    return finished(rc)
 
 
 def _serve(stage, args: argparse.Namespace, out_bind: bool | None) -> int:
     receiver = Receiver(args.inp, bind=False)
     sender = Sender(args.out, bind=out_bind) if out_bind is not None else None
     try:
-        return _report(stage.name, run_stage(stage, receiver, sender, _stop_on_signals()))
+        rc = _report(stage.name, run_stage(stage, receiver, sender, _stop_on_signals()))
     finally:
         receiver.close()
         if sender is not None:
             sender.close(flush_s=FLUSH_S)
+    return finished(rc)
 
 
 def serve_preprocess(args: argparse.Namespace) -> int:
@@ -131,7 +133,7 @@ def serve_sink(args: argparse.Namespace) -> int:
     finally:
         receiver.close()
     print(sink.summary())
-    return rc
+    return finished(rc)
 
 
 def stage_main(stage: str) -> None:
@@ -139,3 +141,9 @@ def stage_main(stage: str) -> None:
     from hdrstream.cli import main
 
     sys.exit(main([stage, *sys.argv[1:]]))
+
+
+def finished(rc: int) -> int:
+    """Flush what is still queued (bounded by each socket's linger) before the process ends."""
+    shutdown()
+    return rc

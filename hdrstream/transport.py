@@ -27,6 +27,18 @@ def context() -> zmq.Context:
     return zmq.Context.instance()
 
 
+def shutdown() -> None:
+    """Terminate the context now, waiting (up to each socket's linger) for queued messages.
+
+    Call it before a service process exits: zero-copy sends keep references to NumPy
+    buffers until ZeroMQ is done with them, and letting interpreter teardown race the I/O
+    thread loses the last messages (or crashes).
+    """
+    ctx = zmq.Context.instance()
+    if not ctx.closed:
+        ctx.term()
+
+
 def parse_endpoint(endpoint: str, bind: bool) -> tuple[str, bool]:
     """Split ``@addr`` / ``>addr`` into (address, bind?)."""
     if endpoint.startswith("@"):
