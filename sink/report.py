@@ -152,6 +152,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"sink: {report['frames_out']} frame(s) out ({report['exr_files']} EXR file(s) from "
         f"{report['frames_in']} HDR message(s)) in {report['wall_s']:.1f} s ({report['throughput_fps']:.2f} fps)",
     ]
+    if report.get("stream_error"):
+        lines.append(f"the stream ended early: {report['stream_error']}")
     gaps = report["gaps"]
     dropped = report["dropped"]["total"]
     shown = ", ".join(map(str, gaps[:10])) + (" …" if len(gaps) > 10 else "")

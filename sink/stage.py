@@ -122,6 +122,7 @@ class Sink:
         self._gt_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self._eos_end: int | None = None
         self._eos_start: int | None = None
+        self._stream_error: str | None = None  # why the source stopped early, from its eos
         self.frames_in = 0
         self.repaired = 0  # frames with non-finite values that were repaired
         self.dropped: Counter[str] = Counter()
@@ -214,6 +215,7 @@ class Sink:
             "repaired_frames": self.repaired,
             "gaps": main.reorder.gaps if main else [],
             "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
+            "stream_error": self._stream_error,
             "wall_s": round(wall, 4),
             "throughput_fps": round(main_out / wall, 3) if wall > 0 else 0.0,
             "timing_ms": {**(methods[self._main]["timing_ms"] if main else {}), **self._process_ms.summary()},
@@ -287,6 +289,9 @@ class Sink:
             self._eos_start = first
         elif isinstance(count, int) and not isinstance(count, bool) and count >= 0:
             self._eos_start = max(0, self._eos_end - count)
+        if frame.meta.get("error"):
+            self._stream_error = str(frame.meta["error"])
+            log.error("sink: the stream ended early: %s", self._stream_error)
         log.info("sink: end of stream at seq %d (start %s)", end, self._eos_start)
 
     def _method(self, name: str) -> _Method:

@@ -84,3 +84,17 @@ def test_stages_as_separate_services_over_tcp(tmp_path):
     logs = "\n".join(p.stdout.read() for p in procs)
     assert codes == [0, 0, 0, 0], logs
     assert exrs(out) == [f"{i:06d}" for i in range(6)], logs
+
+
+def test_a_corrupt_frame_mid_stream_ends_it_cleanly_and_says_why(tmp_path, capsys):
+    seq = tmp_path / "seq"
+    assert main(["simulate", str(seq), *TINY, "--frames", "8", "--pixel-format", "RGB8"]) == 0
+    bad = seq / "frames" / "000005.png"
+    bad.write_bytes(bad.read_bytes()[:100])  # truncated, as a crashed recorder leaves it
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(seq), str(out), "--no-preview"]) == 1
+    assert exrs(out) == [f"{i:06d}" for i in range(5)]  # everything before the bad frame, complete
+    report = json.loads((out / "report.json").read_text())
+    assert "000005.png" in report["stream_error"]
+    assert "000005.png" in capsys.readouterr().err
+    assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
