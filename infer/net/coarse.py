@@ -1,0 +1,71 @@
+"""CoarseNet: alignment and blending in the image space (paper §3.2, Fig. 3).
+
+For one window centred on frame i (3 frames for two exposures, 5 for three), the flow
+network aligns every neighbour to the centre and the weight network blends the centre,
+the warped and the unwarped neighbours into a coarse HDR ``H_i^c``. The centre's own
+exposure is never resampled, so where it is well exposed the blend can keep it exactly;
+RefineNet then refines the rest in the feature space.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from infer.net.flow import SpyFlowNet, flow_warp
+from infer.net.ops import check_shape, ldr_to_hdr
+from infer.net.weights import WeightNet
+
+
+class CoarseNet(nn.Module):
+    """Flow network + weight network → coarse HDR of the window centre.
+
+    Args:
+        exposures: 2 or 3; the window has 2·exposures - 1 frames.
+        width: channel multiplier.
+    """
+
+    multiple = SpyFlowNet.multiple  # 16: five pyramid levels
+
+    def __init__(self, exposures: int = 2, width: float = 1.0) -> None:
+        super().__init__()
+        self.exposures = exposures
+        self.frames = 2 * exposures - 1
+        self.flow = SpyFlowNet(exposures, width)
+        self.weight = WeightNet(2 * self.frames - 1, width)
+
+    def forward(
+        self, ldr: Tensor, expo: Tensor, flows: Tensor | None = None, return_aux: bool = False
+    ) -> Tensor | dict[str, Tensor]:
+        """Coarse HDR of the window centre.
+
+        Args:
+            ldr: (b, C, 3, H, W) gamma-2.2 LDRs of the window, centre C // 2.
+            expo: (b, C) relative exposure times (≥ 1).
+            flows: optional (b, C-1, 2, H, W) centre→neighbour flows in pixels (neighbours in
+                window order) to use instead of the flow network, e.g. a classical flow
+                (design §4 allows a DIS-flow CoarseNet variant).
+            return_aux: also return flows and blending weights.
+
+        Returns:
+            (b, 3, H, W) coarse linear HDR; with ``return_aux`` a dict with "hdr",
+            "flows" (b, C-1, 2, H, W) and "weights" (b, 2C-1, 3, H, W) — images ordered
+            centre, warped neighbours, unwarped neighbours.
+        """
+        b, n, _, h, w = ldr.shape
+        c = n // 2
+        nbrs = [j for j in range(n) if j != c]
+        if flows is None:
+            flows = self.flow(ldr, expo)  # (b, n-1, 2, H, W)
+        else:
+            check_shape(flows, "CoarseNet: flows", (b, n - 1, 2, h, w))
+        nbr_ldr = ldr[:, nbrs]  # (b, n-1, 3, H, W)
+        warped = flow_warp(nbr_ldr.flatten(0, 1), flows.flatten(0, 1)).view_as(nbr_ldr)
+        images = torch.cat((ldr[:, c : c + 1], warped, nbr_ldr), dim=1)  # (b, 2n-1, 3, H, W)
+        t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
+        hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
+        x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
+        hdr, weights = self.weight(x, hdrs)
+        if return_aux:
+            return {"hdr": hdr, "flows": flows, "weights": weights}
+        return hdr

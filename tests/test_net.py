@@ -1,0 +1,309 @@
+"""infer.net: the coarse-to-fine network — shapes, gradients, sizes, mask, weights files, checks.
+
+Tiny widths and 32×32 inputs on CPU; the full-width model is only constructed (for its
+parameter count), never run.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from infer.mask import well_exposed_mask as np_well_exposed_mask
+from infer.net import HDRNet, NetConfig, WeightsError, count_parameters, load_weights, read_metadata, save_weights
+from infer.net.coarse import CoarseNet
+from infer.net.flow import flow_warp
+from infer.net.ops import exposure_match, ldr_to_hdr, mu_law, pad_to_multiple, well_exposed_mask
+from infer.net.refine import RefineFeatures
+
+CYCLES = {2: (1.0, 8.0), 3: (1.0, 4.0, 16.0)}
+SIZE = 32
+
+
+def window(exposures: int, batch: int = 2, size: int = SIZE, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random LDR window and its exposures; batch element b starts the cycle at phase b."""
+    g = torch.Generator().manual_seed(seed)
+    n = 2 * exposures + 1
+    cycle = CYCLES[exposures]
+    ldr = torch.rand(batch, n, 3, size, size, generator=g)
+    expo = torch.tensor([[cycle[(j + b) % exposures] for j in range(n)] for b in range(batch)])
+    return ldr, expo
+
+
+def make_net(exposures: int, width: float = 0.25, seed: int = 0) -> HDRNet:
+    torch.manual_seed(seed)
+    return HDRNet(NetConfig(exposures=exposures, width=width))
+
+
+def mu_l1(out: dict[str, torch.Tensor], seed: int = 1) -> torch.Tensor:
+    target = torch.rand(out["hdr"].shape, generator=torch.Generator().manual_seed(seed))
+    return (mu_law(out["hdr"]) - mu_law(target)).abs().mean()
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["2exp", "3exp"])
+def net(request) -> HDRNet:
+    return make_net(request.param).eval()
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+class TestNetConfig:
+    def test_frames(self):
+        assert (NetConfig(exposures=2).frames, NetConfig(exposures=2).coarse_frames) == (5, 3)
+        assert (NetConfig(exposures=3).frames, NetConfig(exposures=3).coarse_frames) == (7, 5)
+
+    @pytest.mark.parametrize("kwargs", [{"exposures": 4}, {"width": 0.0}, {"deform_groups": 0}])
+    def test_rejects_bad_values(self, kwargs):
+        with pytest.raises(ValueError):
+            NetConfig(**kwargs)
+
+    def test_json_round_trip(self):
+        cfg = NetConfig(exposures=3, width=0.5, deform_groups=4, refine_mulaw_input=False)
+        assert NetConfig.from_json(cfg.to_json()) == cfg
+        with pytest.raises(ValueError):
+            NetConfig.from_json(json.dumps({"exposures": 2, "depth": 3}))
+
+
+# -- forward ---------------------------------------------------------------------------------
+
+
+def test_forward_shapes_and_range(net):
+    ldr, expo = window(net.cfg.exposures)
+    with torch.no_grad():
+        out = net(ldr, expo)
+    b = ldr.shape[0]
+    assert out["hdr"].shape == (b, 3, SIZE, SIZE)
+    assert out["refine"].shape == (b, 3, SIZE, SIZE)
+    assert out["mask"].shape == (b, 3, SIZE, SIZE)
+    assert out["coarse"].shape == (b, 3, 3, SIZE, SIZE)
+    for key, value in out.items():
+        assert torch.isfinite(value).all(), key
+        assert value.min() >= 0 and value.max() <= 1 + 1e-5, key
+
+
+def test_final_is_mask_blend_of_coarse_and_refine(net):
+    ldr, expo = window(net.cfg.exposures)
+    with torch.no_grad():
+        out = net(ldr, expo)
+    m = out["mask"]
+    torch.testing.assert_close(out["hdr"], m * out["coarse"][:, 1] + (1 - m) * out["refine"])
+
+
+def test_stages_compose_to_forward(net):
+    """coarse_forward per window + refine_forward (with or without cached features) = forward."""
+    ldr, expo = window(net.cfg.exposures)
+    n, half = net.cfg.frames, net.cfg.coarse_frames // 2
+    i = n // 2
+    with torch.no_grad():
+        full = net(ldr, expo)
+        coarse3 = torch.stack(
+            [net.coarse_forward(ldr[:, j - half : j + half + 1], expo[:, j - half : j + half + 1]) for j in (i - 1, i, i + 1)],
+            dim=1,
+        )
+        expo3 = expo[:, i - 1 : i + 2]
+        staged = net.refine_forward(coarse3, ldr[:, i], expo3)
+        # a stream: features of one frame at a time, stacked
+        per_frame = [net.features(coarse3[:, k : k + 1], expo3[:, k : k + 1], expo_window=expo3) for k in range(3)]
+        cached = net.refine_forward(coarse3, ldr[:, i], expo3, feats=RefineFeatures.stack(per_frame))
+    torch.testing.assert_close(coarse3, full["coarse"], atol=1e-5, rtol=1e-4)
+    for key in ("hdr", "refine", "mask"):
+        torch.testing.assert_close(staged[key], full[key], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(cached[key], full[key], atol=1e-5, rtol=1e-4)
+
+
+def test_coarse_net_with_given_flows_and_aux():
+    torch.manual_seed(0)
+    coarse = CoarseNet(exposures=2, width=0.25)
+    ldr, expo = window(2)
+    ldr_c, expo_c = ldr[:, 1:4], expo[:, 1:4]
+    flows = torch.zeros(2, 2, 2, SIZE, SIZE)
+    with torch.no_grad():
+        aux = coarse(ldr_c, expo_c, flows=flows, return_aux=True)
+    assert aux["weights"].shape == (2, 5, 3, SIZE, SIZE)
+    torch.testing.assert_close(aux["weights"].sum(dim=1), torch.ones(2, 3, SIZE, SIZE), atol=1e-4, rtol=0)
+    # zero flow: the warped neighbours are the neighbours, so the blend uses only real pixels
+    hdrs = ldr_to_hdr(ldr_c, expo_c)
+    assert (aux["hdr"] <= hdrs.amax(dim=1) + 1e-6).all() and (aux["hdr"] >= hdrs.amin(dim=1) - 1e-6).all()
+
+
+# -- gradients -------------------------------------------------------------------------------
+
+
+def is_offset_branch(name: str) -> bool:
+    """PCD layers whose only path to the loss runs through the zero-initialised conv_offset."""
+    return ".align." in name and "offset_conv" in name
+
+
+@pytest.mark.parametrize("exposures", [2, 3])
+def test_gradients_reach_every_parameter(exposures):
+    net = make_net(exposures)
+    ldr, expo = window(exposures)
+    mu_l1(net(ldr, expo)).backward()
+    for name, p in net.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient"
+        assert torch.isfinite(p.grad).all(), name
+        if is_offset_branch(name):
+            continue  # zero until conv_offset has moved: checked after one step below
+        assert p.grad.abs().sum() > 0, f"{name}: zero gradient"
+    assert all(p.grad.abs().sum() > 0 for n, p in net.named_parameters() if "conv_offset" in n)
+
+    # One optimiser step moves the zero-initialised offset convs; then every layer learns.
+    torch.optim.SGD(net.parameters(), lr=1e-2).step()
+    net.zero_grad()
+    mu_l1(net(ldr, expo)).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert not dead, f"parameters without gradient after one step: {dead}"
+
+
+# -- size ------------------------------------------------------------------------------------
+
+
+def test_parameter_count_matches_the_paper_scale(capsys):
+    counts = {}
+    for exposures in (2, 3):
+        net = HDRNet(NetConfig(exposures=exposures, width=1.0))
+        counts[exposures] = {
+            "flow": count_parameters(net.coarse.flow),
+            "weight": count_parameters(net.coarse.weight),
+            "refine": count_parameters(net.refine),
+            "total": count_parameters(net),
+        }
+    with capsys.disabled():
+        print(f"\nparameters at width 1.0: {counts}")
+    two = counts[2]
+    assert abs(two["total"] - 6.4e6) / 6.4e6 < 0.05
+    assert abs(two["flow"] - 0.9e6) / 0.9e6 < 0.05
+    assert abs(two["weight"] - 2.5e6) / 2.5e6 < 0.10
+    assert abs(two["refine"] - 3.0e6) / 3.0e6 < 0.05
+    assert counts[3]["total"] > two["total"]  # wider flow input and more images to blend
+
+
+def test_width_scales_every_part():
+    small, big = HDRNet(NetConfig(width=0.25)), HDRNet(NetConfig(width=0.5))
+    for part in ("coarse.flow", "coarse.weight", "refine"):
+        assert count_parameters(small.get_submodule(part)) < count_parameters(big.get_submodule(part)) / 2.5, part
+
+
+# -- mask and ops ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "exposures, ref",
+    [((1.0, 8.0, 1.0), 1), ((8.0, 1.0, 8.0), 1), ((1.0, 4.0, 16.0), 1), ((4.0, 16.0, 1.0), 1), ((16.0, 1.0, 4.0), 1),
+     ((2.0, 2.0, 2.0), 1), ((1.0, 8.0, 1.0, 8.0, 1.0), 2)],
+)
+def test_mask_equals_numpy_mask(exposures, ref):
+    rng = np.random.default_rng(3)
+    L = rng.random((2, 3, 17, 19), dtype=np.float32)
+    L[0, :, :2] = np.float32([[0.0], [1.0]])  # exact ends
+    expo = torch.tensor([exposures, exposures])
+    got = well_exposed_mask(torch.from_numpy(L), expo, ref).numpy()
+    for b in range(2):
+        want = np_well_exposed_mask(L[b].transpose(1, 2, 0), list(exposures), ref)
+        np.testing.assert_allclose(got[b].transpose(1, 2, 0), want, atol=1e-6)
+
+
+def test_ops_known_values():
+    L = torch.full((1, 3, 2, 2), 0.5)
+    torch.testing.assert_close(ldr_to_hdr(L, torch.tensor([8.0])), torch.full_like(L, 0.5**2.2 / 8))
+    matched = exposure_match(L, torch.tensor([1.0]), torch.tensor([8.0]))
+    torch.testing.assert_close(matched, torch.full_like(L, min(1.0, 0.5 * 8 ** (1 / 2.2))))
+    torch.testing.assert_close(mu_law(torch.tensor([0.0, 1.0])), torch.tensor([0.0, 1.0]))
+    x = torch.arange(2 * 3 * 5 * 7, dtype=torch.float32).view(2, 3, 5, 7)
+    padded, (h, w) = pad_to_multiple(x, 4)
+    assert padded.shape == (2, 3, 8, 8) and (h, w) == (5, 7)
+    torch.testing.assert_close(padded[..., :h, :w], x)
+
+
+def test_flow_warp_shifts_by_integer_flow():
+    x = torch.arange(30, dtype=torch.float32).view(1, 1, 5, 6)
+    flow = torch.zeros(1, 2, 5, 6)
+    torch.testing.assert_close(flow_warp(x, flow), x)
+    flow[:, 0] = 1.0  # sample one pixel to the right; border padding repeats the last column
+    want = torch.cat((x[..., 1:], x[..., -1:]), dim=-1)
+    torch.testing.assert_close(flow_warp(x, flow), want)
+
+
+# -- weights files ------------------------------------------------------------------------------
+
+
+def test_save_load_round_trip(tmp_path, net):
+    path = save_weights(net, tmp_path / "net.safetensors", meta={"steps": 12, "data": "procedural"})
+    n = count_parameters(net)
+    size = path.stat().st_size
+    assert 2 * n < size < 2 * n + 64 * 1024, "fp16 file: 2 bytes per parameter plus a small header"
+
+    cfg, meta = read_metadata(path)
+    assert cfg == net.cfg and meta == {"steps": 12, "data": "procedural"}
+    loaded = load_weights(path)
+    assert not loaded.training and loaded.meta == meta
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    ldr, expo = window(net.cfg.exposures)
+    with torch.no_grad():
+        a, b = net(ldr, expo), loaded(ldr, expo)
+    for key in a:
+        torch.testing.assert_close(mu_law(b[key]), mu_law(a[key]), atol=2e-3, rtol=0)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_weights(tmp_path / "missing.safetensors")
+
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header at all")
+    with pytest.raises(WeightsError):
+        load_weights(corrupt)
+
+    from safetensors.torch import save_file
+
+    net = make_net(2, width=0.125)
+    tensors = {k: v.half() for k, v in net.state_dict().items()}
+    foreign = tmp_path / "foreign.safetensors"
+    save_file(tensors, str(foreign), metadata={"format": "something.else"})
+    with pytest.raises(WeightsError, match="not an HDRNet"):
+        load_weights(foreign)
+
+    mismatched = tmp_path / "mismatched.safetensors"
+    wrong_cfg = NetConfig(exposures=2, width=0.25).to_json()
+    save_file(tensors, str(mismatched), metadata={"format": "hdrstream.hdrnet", "format_version": "1", "config": wrong_cfg, "meta": "{}"})
+    with pytest.raises(WeightsError, match="do not match"):
+        load_weights(mismatched)
+
+
+# -- input checks -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def net2() -> HDRNet:
+    return make_net(2, width=0.125).eval()
+
+
+class TestBadInputs:
+    def test_wrong_frame_count(self, net2):
+        ldr, expo = window(3)  # 7 frames for a 5-frame network
+        with pytest.raises(ValueError, match=r"ldr must have shape \(\*, 5, 3, \*, \*\)"):
+            net2(ldr, expo)
+
+    def test_size_not_multiple(self, net2):
+        ldr, expo = window(2, size=40)
+        with pytest.raises(ValueError, match="multiples of 16"):
+            net2(ldr, expo)
+
+    def test_expo_shape(self, net2):
+        ldr, expo = window(2)
+        with pytest.raises(ValueError, match="expo"):
+            net2(ldr, expo[:, :4])
+
+    def test_stage_shapes(self, net2):
+        ldr, expo = window(2)
+        with pytest.raises(ValueError, match="coarse_forward"):
+            net2.coarse_forward(ldr, expo)  # 5 frames instead of 3
+        with pytest.raises(ValueError, match="coarse3"):
+            net2.refine_forward(torch.rand(2, 2, 3, SIZE, SIZE), ldr[:, 2], expo[:, 1:4])
+        with pytest.raises(ValueError, match="ldr_ref"):
+            net2.refine_forward(torch.rand(2, 3, 3, SIZE, SIZE), ldr[:, 2, :, :16], expo[:, 1:4])
+        with pytest.raises(ValueError, match="expo_window"):
+            net2.features(torch.rand(2, 1, 3, SIZE, SIZE), expo[:, :1])
