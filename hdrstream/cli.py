@@ -14,7 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger("hdrstream")
 
-METHODS = ("classical", "reference")
+METHODS = ("classical", "reference", "net", "coarse")
 
 
 def _add_sim_args(p: argparse.ArgumentParser, frames: int = 30) -> None:

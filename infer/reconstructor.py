@@ -11,8 +11,7 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-KNOWN = ("classical", "reference")
-LATER = ("net", "coarse")  # learned methods: a later issue
+KNOWN = ("classical", "reference", "net", "coarse")
 
 
 class Reconstructor(Protocol):
@@ -33,12 +32,11 @@ def make_reconstructor(name: str) -> Reconstructor:
         from infer.reference import ReferenceReconstructor
 
         return ReferenceReconstructor()
-    if name in LATER:
-        raise NotImplementedError(
-            f"reconstruction method {name!r} (the learned network) is not implemented yet; "
-            f"available now: {', '.join(KNOWN)}"
-        )
-    raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN + LATER)}")
+    if name in ("net", "coarse"):
+        from infer.netrecon import NetReconstructor
+
+        return NetReconstructor(name)  # weights load on the first window: their size picks 2 or 3 exposures
+    raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")
 
 
 def check_window(frames: np.ndarray, exposures: Sequence[float], ref: int) -> None:

@@ -37,7 +37,11 @@ class InferStage:
         out = []
         for rec in self.methods:
             t0 = time.perf_counter()
-            hdr = rec.reconstruct(frames, exposures, ref)
+            stream = getattr(rec, "reconstruct_stream", None)
+            if stream is not None and "seqs" in meta and "warps" in meta:
+                hdr = stream(frames, exposures, ref, meta["seqs"], meta["warps"])
+            else:
+                hdr = rec.reconstruct(frames, exposures, ref)
             spent = time.perf_counter() - t0
             out.append(
                 Frame(

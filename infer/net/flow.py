@@ -154,10 +154,10 @@ class SpyFlowNet(nn.Module):
                 a = flow_warp(a, flow[:, 0:2])
                 bb = flow_warp(bb, flow[:, 2:4])
             hl, wl = a.shape[-2:]
-            x = torch.cat((a, m, bb), dim=1).view(b, p * 9, hl, wl)  # (b, 9·p, h_l, w_l)
-            residual = net(x).view(b * p, 4, hl, wl)
+            x = torch.cat((a, m, bb), dim=1).reshape(b, p * 9, hl, wl)  # (b, 9·p, h_l, w_l)
+            residual = net(x).reshape(b * p, 4, hl, wl)
             flow = residual if flow is None else flow + residual
             flow = flow.clamp(-MAX_FLOW / 2**i, MAX_FLOW / 2**i)
 
-        flow = flow.view(b, p, 2, 2, h, w)  # (b, pair, a|b, xy, H, W)
+        flow = flow.reshape(b, p, 2, 2, h, w)  # (b, pair, a|b, xy, H, W)
         return torch.cat((flow[:, :, 0], flow[:, :, 1]), dim=1)  # neighbours a..., then b...

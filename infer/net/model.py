@@ -190,7 +190,7 @@ class HDRNet(nn.Module):
         windows = torch.cat([ldr[:, j - half : j + half + 1] for j in centres], dim=0)
         window_expo = torch.cat([expo[:, j - half : j + half + 1] for j in centres], dim=0)
         coarse = self.coarse(windows, window_expo)  # (3·B, 3, H, W)
-        coarse3 = coarse.view(3, b, 3, h, w).transpose(0, 1)  # (B, 3, 3, H, W)
+        coarse3 = coarse.reshape(3, b, 3, h, w).transpose(0, 1)  # (B, 3, 3, H, W)
         out = self.refine_forward(coarse3, ldr[:, i], expo[:, i - 1 : i + 2])
         out["coarse"] = coarse3
         return out

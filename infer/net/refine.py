@@ -209,8 +209,8 @@ class TemporalAttentionFusion(nn.Module):
         ref = aligned[:, self.center : self.center + 1].expand(-1, t, -1, -1, -1)
         att_in = torch.cat((ref, aligned), dim=2).flatten(0, 1)  # (b·t, 2nf, h, w)
         att = torch.sigmoid(self.att_conv2(lrelu(self.att_conv1(att_in))))
-        attended = aligned * att.view(b, t, c, h, w)
-        return lrelu(self.fusion(attended.view(b, t * c, h, w)))
+        attended = aligned * att.reshape(b, t, c, h, w)
+        return lrelu(self.fusion(attended.reshape(b, t * c, h, w)))
 
 
 class Reconstruction(nn.Module):
@@ -316,7 +316,7 @@ class RefineNet(nn.Module):
         b, t, _, h, w = coarse.shape
         x = self.encode(coarse, expo, expo if expo_window is None else expo_window)  # (b, t, 6, H, W)
         skip1, l1, l2, l3 = self.extractor(x.flatten(0, 1))
-        return RefineFeatures(x, *(f.view(b, t, *f.shape[1:]) for f in (skip1, l1, l2, l3)))
+        return RefineFeatures(x, *(f.reshape(b, t, *f.shape[1:]) for f in (skip1, l1, l2, l3)))
 
     def forward(self, coarse3: Tensor, expo3: Tensor, feats: RefineFeatures | None = None) -> Tensor:
         """Refined linear HDR of the centre frame.
@@ -336,6 +336,6 @@ class RefineNet(nn.Module):
         ref = tuple(f[:, c : c + 1].expand(-1, t, -1, -1, -1).flatten(0, 1) for f in (feats.l1, feats.l2, feats.l3))
         nbr = tuple(f.flatten(0, 1) for f in (feats.l1, feats.l2, feats.l3))
         aligned = self.align(nbr, ref)  # (b·t, nf, H/2, W/2); the reference too, as in EDVR
-        fused = self.fusion(aligned.view(b, t, *aligned.shape[1:]))  # (b, nf, H/2, W/2)
+        fused = self.fusion(aligned.reshape(b, t, *aligned.shape[1:]))  # (b, nf, H/2, W/2)
         skip0 = lrelu(self.extractor.conv_first(feats.x[:, c]))  # (b, nf, H, W)
         return self.reconstruct(fused, feats.skip1[:, c], skip0)

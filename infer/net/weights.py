@@ -89,5 +89,5 @@ class WeightNet(nn.Module):
         feat = lrelu(self.dec3(torch.cat((lrelu(self.up3(feat)), feat_l3), dim=1)))  # (b, c2, H/4, W/4)
         feat = lrelu(self.dec2(torch.cat((lrelu(self.up2(feat)), feat_l2), dim=1)))  # (b, c1, H/2, W/2)
         logits = self.conv_last(torch.cat((lrelu(self.up1(feat)), feat_l1), dim=1))  # (b, 3·n, H, W)
-        weights = torch.sigmoid(logits).view(hdrs.shape)
+        weights = torch.sigmoid(logits).reshape(hdrs.shape)
         return merge_hdr(weights, hdrs)

@@ -1,0 +1,173 @@
+"""The coarse-to-fine network behind the reconstructor interface, windowed or streaming.
+
+Windowed (the paper): every window runs CoarseNet on the three windows centred on frames
+i-1, i, i+1, then RefineNet. Streaming: consecutive windows overlap, so each coarse HDR
+is computed once, cached under the seqs of the CoarseNet window that made it, and reused
+by later windows after warping it by the global similarity the window message carries
+(identity when preprocess did not align). With identity warps both give the same result.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from infer.reconstructor import check_window
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def default_weights(exposures: int) -> Path:
+    return WEIGHTS_DIR / f"hdrnet-{exposures}exp.safetensors"
+
+
+def _exposures_in_window(n: int) -> int:
+    if n == 5:
+        return 2
+    if n == 7:
+        return 3
+    raise ValueError(f"the network takes windows of 5 (2 exposures) or 7 (3 exposures) frames, got {n}")
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class NetReconstructor:
+    """``net``: CoarseNet + RefineNet; ``coarse``: CoarseNet alone (for ablations)."""
+
+    def __init__(
+        self,
+        name: str = "net",
+        weights: dict[int, str | Path] | None = None,
+        device: str | None = None,
+        stream: bool = True,
+    ) -> None:
+        if name not in ("net", "coarse"):
+            raise ValueError(f"NetReconstructor is 'net' or 'coarse', got {name!r}")
+        self.name = name
+        self.weights = {n: Path(p) for n, p in (weights or {}).items()}
+        self.device = _device(device)
+        self.stream = stream
+        self._models: dict[int, torch.nn.Module] = {}
+        self._cache: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # coarse-window seqs -> (ref seq, HDR)
+        self.coarse_runs = 0
+
+    # -- model -----------------------------------------------------------------------
+
+    def model(self, exposures: int):
+        if exposures not in self._models:
+            from infer.net.model import load_weights
+
+            path = self.weights.get(exposures, default_weights(exposures))
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no trained weights for {exposures} exposures at {path}: the network's weights are not "
+                    f"shipped yet (train them with `hdrstream train`, or use --method classical)"
+                )
+            self._models[exposures] = load_weights(path).to(self.device).eval()
+            log.info("loaded %s (%s)", path, self._models[exposures].meta.get("summary", ""))
+        return self._models[exposures]
+
+    def _tensors(self, frames: np.ndarray, exposures: Sequence[float], multiple: int):
+        n, h, w, _ = frames.shape
+        ph, pw = (-h) % multiple, (-w) % multiple
+        x = torch.from_numpy(np.ascontiguousarray(frames, np.float32)).permute(0, 3, 1, 2)
+        if ph or pw:  # replicate-pad to the network's multiple, crop back after
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        t_min = min(exposures)
+        expo = torch.tensor([t / t_min for t in exposures], dtype=torch.float32)
+        return x[None].to(self.device), expo[None].to(self.device), t_min
+
+    @staticmethod
+    def _to_numpy(hdr: torch.Tensor, h: int, w: int, t_min: float) -> np.ndarray:
+        out = hdr[0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
+        return np.ascontiguousarray(out / np.float32(t_min), np.float32)  # back to lin/t in seconds
+
+    # -- windowed --------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
+        """frames (N, H, W, 3) L in [0, 1] aligned to ``ref`` (the centre); returns H = lin/t."""
+        check_window(frames, exposures, ref)
+        n, h, w, _ = frames.shape
+        if ref != n // 2:
+            raise ValueError(f"the network needs the reference at the window centre, got {ref} of {n}")
+        net = self.model(_exposures_in_window(n))
+        x, expo, t_min = self._tensors(frames, exposures, net.multiple)
+        if self.name == "coarse":
+            c = net.cfg.coarse_frames
+            s = ref - c // 2
+            return self._to_numpy(net.coarse_forward(x[:, s:s + c], expo[:, s:s + c]), h, w, t_min)
+        return self._to_numpy(net(x, expo)["hdr"], h, w, t_min)
+
+    # -- streaming -------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def reconstruct_stream(
+        self,
+        frames: np.ndarray,
+        exposures: Sequence[float],
+        ref: int,
+        seqs: Sequence[int],
+        warps: Sequence[Sequence[float]],
+    ) -> np.ndarray:
+        """Like :meth:`reconstruct`, reusing coarse HDRs of earlier windows of the stream.
+
+        ``seqs[j]`` is the source seq at window position j and ``warps[j]`` the 2x3 that
+        mapped that frame onto the reference (the window message's meta).
+        """
+        if not self.stream:
+            return self.reconstruct(frames, exposures, ref)
+        check_window(frames, exposures, ref)
+        n, h, w, _ = frames.shape
+        if ref != n // 2 or len(seqs) != n or len(warps) != n:
+            raise ValueError("streaming needs the reference at the centre and seqs/warps for every frame")
+        net = self.model(_exposures_in_window(n))
+        x, expo, t_min = self._tensors(frames, exposures, net.multiple)
+        c = net.cfg.coarse_frames
+        half = c // 2
+        centres = (ref, ref + 1) if self.name == "coarse" else (ref - 1, ref, ref + 1)
+        position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
+        coarse = {}
+        for j in centres:
+            key = tuple(int(s) for s in seqs[j - half:j + half + 1])
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] in position:
+                coarse[j] = self._warped(hit[1], warps[position[hit[0]]])
+                continue
+            out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1])
+            self.coarse_runs += 1
+            # cached at the padded size: RefineNet must see exactly what the windowed path sees
+            coarse[j] = out[0].permute(1, 2, 0).cpu().numpy()
+            self._cache[key] = (int(seqs[ref]), coarse[j])
+        self._evict(int(seqs[ref]), n)
+        if self.name == "coarse":
+            return np.ascontiguousarray(coarse[ref][:h, :w] / np.float32(t_min), np.float32)
+        coarse3 = torch.stack([self._tensor(coarse[j]) for j in (ref - 1, ref, ref + 1)], dim=0)[None]
+        out = net.refine_forward(coarse3, x[:, ref], expo[:, ref - 1:ref + 2])
+        return self._to_numpy(out["hdr"], h, w, t_min)
+
+    def _tensor(self, img: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(self.device)
+
+    @staticmethod
+    def _warped(img: np.ndarray, warp: Sequence[float]) -> np.ndarray:
+        m = np.asarray(warp, np.float64).reshape(2, 3)
+        if np.allclose(m, [[1, 0, 0], [0, 1, 0]]):
+            return img
+        h, w = img.shape[:2]
+        return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+    def _evict(self, ref_seq: int, n: int) -> None:
+        """Drop coarse results no later window can use (bounded memory on endless streams)."""
+        for key in [k for k, (a, _) in self._cache.items() if a < ref_seq - n]:
+            del self._cache[key]
