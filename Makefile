@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench install train-deps clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/stages.py
 	$(PY) bench/transport.py
+
+# training only: natural photos bundled in scikit-image's wheel (see training/sources.py)
+train-deps: $(STAMP)
+	$(PIP) install --quiet 'scikit-image>=0.22'
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

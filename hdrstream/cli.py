@@ -129,6 +129,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.loop import main as train_main
+
+    return train_main(args.train_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hdrstream", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -152,6 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sim_args(s, frames=24)
     s.set_defaults(func=cmd_simulate)
 
+    t = sub.add_parser("train", help="train the network on project-made data (see training/; --help for options)",
+                       add_help=False)
+    t.add_argument("train_args", nargs=argparse.REMAINDER)
+    t.set_defaults(func=cmd_train)
+
     from hdrstream.service import add_service_parsers
 
     add_service_parsers(sub)
@@ -159,6 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:  # the trainer has its own parser (and --help)
+        from training.loop import main as train_main
+
+        return train_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -1,0 +1,242 @@
+"""training/: synthesised windows, losses, the stage loop, checkpoints and export (CPU, tiny)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from infer.net.model import load_weights
+from training import config as config_mod
+from training import sources
+from training.config import VAL_SEED_BASE, DataConfig, LossConfig, TrainConfig
+from training.data import SampleMaker, WindowStream, collate, validation_set, worker_context
+from training.losses import coarse_loss, mu_law, perceptual, refine_l1, ssim, stage_loss
+from training.loop import Trainer, main
+from training.sources import load_photos
+
+CROP = 32
+KINDS = ["procedural", "sim"] + (["photo"] if load_photos() else [])
+
+
+def small_data(**kw) -> DataConfig:
+    return DataConfig(**{"crop": CROP, "pool": 2, "reuse": 4, "object_speed_px": 4.0, **kw})
+
+
+def quiet(kind: str) -> DataConfig:
+    """No noise, no Bayer, no tone perturbation: L follows from the ground truth exactly."""
+    return small_data(sources={kind: 1.0}, gauss_sigma=0.0, sensor_noise_prob=0.0, bayer_prob=0.0, tone_prob=0.0)
+
+
+def tiny_cfg(tmp_path, **kw) -> TrainConfig:
+    base = dict(stage="coarse", exposures=2, width=0.125, steps=3, batch_size=2, workers=0, threads=2,
+                val_size=0, val_crop=CROP, val_batch=2, log_every=1, ckpt_every=100, ckpt_every_min=0.0,
+                progress=False, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
+                data=small_data())
+    base.update(kw)
+    cfg = TrainConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+def log_records(path, kind="train"):
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == kind]
+
+
+# -- data ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("exposures", [2, 3])
+@pytest.mark.parametrize("kind", KINDS)
+def test_sample_shapes_and_ranges(exposures, kind):
+    n = 2 * exposures + 1
+    s = SampleMaker(small_data(sources={kind: 1.0}), exposures, seed=1)(0)
+    assert set(s) == {"ldr", "expo", "gt", "gt_ref"}
+    assert s["ldr"].shape == (n, 3, CROP, CROP) and s["ldr"].dtype == torch.float32
+    assert s["expo"].shape == (n,) and s["gt"].shape == (3, 3, CROP, CROP) and s["gt_ref"].shape == (3, CROP, CROP)
+    assert 0 <= s["ldr"].min() and s["ldr"].max() <= 1 and 0 <= s["gt"].min() and s["gt"].max() <= 1
+    assert torch.equal(s["gt_ref"], s["gt"][1])
+    assert float(s["expo"].min()) == 1.0 and len(set(s["expo"].tolist())) == exposures
+    # alternating: frame k and k + exposures share an exposure
+    assert torch.equal(s["expo"][:-exposures], s["expo"][exposures:])
+
+
+@pytest.mark.parametrize("exposures", [2, 3])
+def test_reference_phase_varies(exposures):
+    maker = SampleMaker(small_data(), exposures, seed=3)
+    ranks = set()
+    for i in range(24):
+        expo = maker(i)["expo"]
+        ranks.add(sorted(set(expo.tolist())).index(float(expo[exposures])))
+    assert ranks == set(range(exposures))  # short, long (and middle) references all occur
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ground_truth_matches_ldr_where_not_clipped(kind):
+    maker = SampleMaker(quiet(kind), 2, seed=5)
+    for i in range(3):
+        s = maker(i)
+        L = s["ldr"][1:4].numpy()  # frames i-1, i, i+1
+        e = s["expo"][1:4].numpy()[:, None, None, None]
+        expected = np.clip(s["gt"].numpy() * e, 0, 1) ** (1 / 2.2)
+        ok = L < 0.99  # not saturated
+        assert ok.mean() > 0.3
+        np.testing.assert_allclose(L[ok], expected[ok], atol=0.6 / 255)
+
+
+def test_training_works_without_scikit_image(monkeypatch, caplog):
+    monkeypatch.setattr(sources, "skimage_data_dir", lambda: None)
+    load_photos.cache_clear()
+    try:
+        maker = SampleMaker(small_data(), 2, seed=0)  # photo source weighted but unavailable
+        assert "photo" not in maker.kinds and maker(0)["ldr"].shape == (5, 3, CROP, CROP)
+        assert "scikit-image is not installed" in caplog.text
+    finally:
+        load_photos.cache_clear()
+
+
+def test_samples_are_deterministic_by_seed_and_index():
+    a = SampleMaker(small_data(), 2, seed=7)
+    b = SampleMaker(small_data(), 2, seed=7)
+    for i in (5, 0, 3):  # any order, fresh caches
+        sa, sb = a(i), b(i)
+        assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(a(1)["ldr"], a(2)["ldr"])
+    assert not torch.equal(a(1)["ldr"], SampleMaker(small_data(), 2, seed=8)(1)["ldr"])
+
+
+def test_stream_is_the_same_with_workers_and_resumes_at_a_step():
+    def batches(workers, start, count):
+        stream = WindowStream(small_data(), 2, seed=0, batch_size=2, start_step=start)
+        loader = torch.utils.data.DataLoader(stream, batch_size=2, num_workers=workers, collate_fn=collate,
+                                             multiprocessing_context=worker_context() if workers else None)
+        it = iter(loader)
+        return [next(it)["ldr"] for _ in range(count)]
+
+    ref = batches(0, 0, 3)
+    assert all(torch.equal(x, y) for x, y in zip(ref, batches(2, 0, 3)))
+    assert torch.equal(ref[2], batches(0, 2, 1)[0])
+
+
+def test_validation_set_is_disjoint_from_training(tmp_path):
+    train = SampleMaker(small_data(), 2, seed=0)
+    val = SampleMaker(small_data(), 2, seed=VAL_SEED_BASE, split="val")
+    assert all(train.scene(train.scene_id(i)).seed < VAL_SEED_BASE for i in range(40))
+    assert all(val.scene(j).seed >= VAL_SEED_BASE for j in range(4))
+    assert {val.scene(j).kind for j in range(4)} == {"procedural", "sim"}  # no photographs
+    with pytest.raises(ValueError):
+        SampleMaker(small_data(), 2, seed=5, split="val")
+    data = validation_set(small_data(), 2, size=4, crop=CROP, cache_dir=tmp_path)
+    again = validation_set(small_data(), 2, size=4, crop=CROP, cache_dir=tmp_path)  # from the cache
+    assert data["ldr"].shape == (4, 5, 3, CROP, CROP) and torch.equal(data["ldr"], again["ldr"])
+    assert data["classical"].shape == (4,) and torch.isfinite(data["classical"]).all()
+    assert {float(e[2]) == float(e.min()) for e in data["expo"]} == {True, False}  # short and long refs
+
+
+# -- losses --------------------------------------------------------------------------------
+
+
+def test_mu_law_endpoints_and_clamp():
+    x = torch.tensor([-1.0, 0.0, 1.0, 2.0])
+    assert torch.allclose(mu_law(x), torch.tensor([0.0, 0.0, 1.0, 1.0]))
+
+
+def test_losses_zero_for_perfect_prediction_positive_otherwise():
+    g = torch.Generator().manual_seed(0)
+    gt = torch.rand(2, 3, 3, 32, 32, generator=g)
+    mask = torch.rand(2, 3, 32, 32, generator=g)
+    assert coarse_loss(gt, gt) == 0 and refine_l1(gt[:, 1], gt[:, 1], mask) == 0
+    assert perceptual(gt[:, 1], gt[:, 1]).abs() < 1e-6 and perceptual(gt[:, 1], gt[:, 1], "grad") == 0
+    noisy = (gt + 0.05 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    assert coarse_loss(noisy, gt) > 0 and refine_l1(noisy[:, 1], gt[:, 1], mask) > 0
+    assert perceptual(noisy[:, 1], gt[:, 1]) > 0 and ssim(noisy[:, 1], gt[:, 1]) < 1
+    out = {"coarse": noisy, "hdr": noisy[:, 1], "mask": mask}
+    batch = {"gt": gt, "gt_ref": gt[:, 1]}
+    total, terms = stage_loss("e2e", out, batch, LossConfig())
+    assert set(terms) == {"coarse", "refine", "perceptual"} and float(total) == pytest.approx(sum(terms.values()))
+
+
+def test_refine_loss_is_normalised_by_the_badly_exposed_area():
+    gt = torch.zeros(1, 3, 8, 8)
+    pred = gt.clone()
+    pred[..., :2, :] = 1.0  # 2 of 8 rows wrong by a full μ-law unit
+    mask = torch.ones(1, 3, 8, 8)
+    mask[..., :4, :] = 0.0  # 4 rows badly exposed
+    assert float(refine_l1(pred, gt, mask)) == pytest.approx((3 * 2 * 8) / (3 * 4 * 8))
+    assert float(refine_l1(pred, gt, torch.ones_like(mask))) == pytest.approx(3 * 2 * 8)  # at least 1 pixel
+
+
+# -- the loop ------------------------------------------------------------------------------
+
+
+def fixed_batch(exposures=2, size=2):
+    maker = SampleMaker(small_data(), exposures, seed=11)
+    return collate([maker(i) for i in range(size)])
+
+
+@pytest.mark.parametrize("stage", ["coarse", "e2e"])
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, stage):
+    trainer = Trainer(tiny_cfg(tmp_path, stage=stage, lr=2e-3))
+    batch = fixed_batch()
+    losses = [trainer.train_step(batch)[0] for _ in range(8)]
+    assert trainer.step == 8 and all(np.isfinite(losses))
+    assert min(losses[-3:]) < losses[0]
+
+
+def test_refine_stage_freezes_coarsenet(tmp_path):
+    trainer = Trainer(tiny_cfg(tmp_path, stage="refine"))
+    before = {k: v.clone() for k, v in trainer.model.coarse.state_dict().items()}
+    trainer.train_step(fixed_batch())
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.coarse.state_dict().items())
+    assert all(not p.requires_grad for p in trainer.model.coarse.parameters())
+
+
+def test_checkpoint_resume_continues_with_the_identical_next_step(tmp_path):
+    straight = tiny_cfg(tmp_path / "a", steps=3)
+    Trainer(straight).run()
+    first = tiny_cfg(tmp_path / "b", steps=2)
+    Trainer(first).run()
+    ckpt = tmp_path / "b" / "run" / "ckpt" / "last.pt"
+    resumed = Trainer(replace(first, steps=3), resume=ckpt)
+    assert resumed.step == 2
+    resumed.run()
+    a = log_records(tmp_path / "a" / "run" / "log.jsonl")
+    b = log_records(tmp_path / "b" / "run" / "log.jsonl")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    assert b[2]["loss"] == a[2]["loss"] and b[1]["loss"] == a[1]["loss"]
+
+
+def test_cli_trains_validates_and_exports_loadable_weights(tmp_path):
+    out = tmp_path / "run"
+    rc = main(["--stage", "e2e", "--width", "0.125", "--steps", "2", "--batch-size", "1", "--crop", str(CROP),
+               "--out", str(out), "--no-progress", "--workers", "0",
+               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_every=2",
+               "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "data.pool=2"])
+    assert rc == 0
+    (val,) = log_records(out / "log.jsonl", "val")
+    assert np.isfinite(val["psnr_mu_final"]) and np.isfinite(val["psnr_mu_classical"])
+    model = load_weights(out / "best.safetensors")
+    assert model.meta["stage"] == "e2e" and model.meta["steps"] == 2
+    assert model.meta["validation"]["psnr_mu_final"] == val["psnr_mu_final"]
+    assert (out / "last.safetensors").is_file() and (out / "ckpt" / "last.pt").is_file()
+    b = fixed_batch(size=1)
+    with torch.no_grad():
+        hdr = model(b["ldr"], b["expo"])["hdr"]
+    assert hdr.shape == (1, 3, CROP, CROP) and torch.isfinite(hdr).all()
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_shipped_configs_load_and_overrides_apply():
+    for name in ("coarse2", "refine2", "e2e2", "coarse3", "refine3", "e2e3"):
+        cfg = config_mod.load(name)
+        assert cfg.stage == name[:-1] and cfg.exposures == int(name[-1])
+    cfg = config_mod.load("coarse3", ["data.crop=64", "loss.perceptual=grad", "lr=5e-5", "stage=refine"])
+    assert (cfg.data.crop, cfg.loss.perceptual, cfg.lr, cfg.stage) == (64, "grad", 5e-5, "refine")
+    with pytest.raises(ValueError, match="unknown config key"):
+        config_mod.load("coarse2", ["data.crops=64"])
+    with pytest.raises(ValueError):
+        config_mod.load("coarse2", ["data.crop=100"])  # not a multiple of 16

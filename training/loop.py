@@ -1,0 +1,522 @@
+"""Stage-wise training of HDRNet (paper §5.1) with checkpoints, validation and export.
+
+Stages: ``coarse`` trains CoarseNet alone on its three windows per sample; ``refine``
+freezes CoarseNet and trains RefineNet on the final blend; ``e2e`` fine-tunes the whole
+network (lr 2e-5). Adam, learning rate halved every ``lr_halve_every`` steps.
+
+Outputs in ``out``: ``log.jsonl`` (one JSON object per line: "start", "train", "val",
+"end"), ``ckpt/last.pt`` (model, optimiser, scheduler, step, RNG; every ``ckpt_every``
+steps / ``ckpt_every_min`` minutes and at the end), ``best.safetensors`` (best validation
+PSNR-μ so far: coarse output in the coarse stage, final output after) and
+``last.safetensors``, both via :func:`infer.net.model.save_weights` with meta (command,
+steps, time, hardware, validation, data sources).
+
+Entry point: :func:`main` (``python -m training``; ``hdrstream train``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from hdrstream.quality import psnr_mu
+from infer.net.model import HDRNet, NetConfig, WeightsError, count_parameters, load_weights, save_weights
+from training import config as config_mod
+from training.config import TrainConfig
+from training.data import WindowStream, bench, collate, validation_set, worker_context
+from training.losses import stage_loss
+from training.sources import SKIMAGE_PHOTOS, photo_names
+
+log = logging.getLogger("training")
+
+CKPT_VERSION = 1
+
+
+# -- environment -------------------------------------------------------------------------
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+def auto_workers(requested: int, device: torch.device) -> int:
+    if requested >= 0:
+        return requested
+    cores = os.cpu_count() or 1
+    if cores <= 2:
+        return 0  # data generation inline: the two cores are better spent on the model
+    return min(8, cores - 2) if device.type == "cuda" else max(1, cores // 4)
+
+
+def hardware(device: torch.device) -> str:
+    cores = os.cpu_count() or 1
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {cores} cores"
+    if device.type == "cuda":
+        text = f"{torch.cuda.get_device_name(device)}; {text}"
+    return text
+
+
+# -- the trainer -------------------------------------------------------------------------
+
+
+class Trainer:
+    """One stage of training, set up from a :class:`TrainConfig`.
+
+    Args:
+        cfg: the configuration (validated).
+        argv: the command line, recorded in the log and the weights' meta.
+        resume: a checkpoint to continue from, or None.
+    """
+
+    def __init__(self, cfg: TrainConfig, argv: list[str] | None = None, resume: str | Path | None = None):
+        cfg.validate()
+        self.cfg = cfg
+        self.argv = list(argv or [])
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = pick_device(cfg.device)
+        self.workers = auto_workers(cfg.workers, self.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) - self.workers))
+        else:
+            torch.backends.cudnn.benchmark = True  # fixed crop sizes: pick the fastest kernels once
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            if cfg.threads:
+                torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups)
+        self.model = HDRNet(self.net_cfg)
+        if cfg.init:
+            self._init_from(cfg.init)
+        self.model.to(self.device)
+        if cfg.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.params = self._stage_parameters()
+        self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.lr_halve_every or 10**12, gamma=0.5)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
+        if self.amp_dtype is not None and self.device.type != "cuda":
+            log.warning("amp=%s needs CUDA; training in float32 on %s", cfg.amp, self.device)
+            self.amp_dtype = None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.step = 0
+        self.best: dict[str, Any] = {"metric": None, "step": None}
+        self.elapsed = 0.0  # training seconds in earlier runs of this stage (resume)
+        self.val_data: dict | None = None
+        if resume:
+            self._load_checkpoint(resume)
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _init_from(self, path: str) -> None:
+        p = Path(path)
+        if p.suffix == ".pt":
+            state = torch.load(p, map_location="cpu", weights_only=True)["model"]
+        else:
+            src = load_weights(p)
+            if (src.cfg.exposures, src.cfg.width, src.cfg.deform_groups) != (
+                    self.net_cfg.exposures, self.net_cfg.width, self.net_cfg.deform_groups):
+                raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
+            state = src.state_dict()
+        self.model.load_state_dict(state)
+        log.info("initialised from %s", p)
+
+    def _stage_parameters(self) -> list[torch.nn.Parameter]:
+        stage, m = self.cfg.stage, self.model
+        m.requires_grad_(True)
+        if stage == "coarse":
+            m.refine.requires_grad_(False)
+        elif stage == "refine":
+            m.coarse.requires_grad_(False)
+            if not self.cfg.init:
+                log.warning("refine stage without --init: CoarseNet is untrained (give the coarse stage's weights)")
+        return [p for p in m.parameters() if p.requires_grad]
+
+    def _train_mode(self) -> None:
+        self.model.train()
+        if self.cfg.stage == "refine":
+            self.model.coarse.eval()
+        elif self.cfg.stage == "coarse":
+            self.model.refine.eval()
+
+    def loader(self) -> DataLoader:
+        cfg = self.cfg
+        stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step)
+        # not fork: OpenCV's thread pool deadlocks in a forked child once the parent used it
+        return DataLoader(stream, batch_size=cfg.batch_size, num_workers=self.workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
+                          prefetch_factor=4 if self.workers else None,
+                          multiprocessing_context=worker_context() if self.workers else None)
+
+    # -- forward and loss ----------------------------------------------------------------
+
+    def forward(self, batch: dict[str, torch.Tensor], stage: str | None = None) -> dict[str, torch.Tensor]:
+        """Network outputs a stage needs; the coarse stage runs only CoarseNet (3 windows)."""
+        stage = stage or self.cfg.stage
+        ldr, expo = batch["ldr"], batch["expo"]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            if stage == "coarse":
+                b, _, _, h, w = ldr.shape
+                c = self.net_cfg.coarse_frames
+                windows = torch.cat([ldr[:, j:j + c] for j in range(3)], dim=0)  # (3B, C, 3, H, W)
+                wexpo = torch.cat([expo[:, j:j + c] for j in range(3)], dim=0)
+                coarse = self.model.coarse_forward(windows, wexpo).view(3, b, 3, h, w).transpose(0, 1)
+                out = {"coarse": coarse}
+            else:
+                out = self.model(ldr, expo)
+        return {k: v.float() for k, v in out.items()}
+
+    def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        """One optimiser step; returns the loss and its terms (NaN loss: step skipped)."""
+        self._train_mode()
+        batch = self.to_device(batch)
+        out = self.forward(batch)
+        loss, terms = stage_loss(self.cfg.stage, out, batch, self.cfg.loss)
+        self.opt.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            log.warning("step %d: non-finite loss %s, step skipped", self.step, float(loss))
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return float(loss.detach()), terms
+
+    # -- validation ----------------------------------------------------------------------
+
+    def validation(self) -> dict:
+        if self.val_data is None:
+            cfg = self.cfg
+            self.val_data = validation_set(cfg.data, cfg.exposures, cfg.val_size, cfg.val_crop, cfg.val_seed,
+                                           cfg.cache_dir)
+        return self.val_data
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """PSNR-μ of the coarse (centre) and final outputs on the fixed validation set."""
+        data = self.validation()
+        self.model.eval()
+        n = data["ldr"].shape[1]
+        c = n // 2
+        final = self.cfg.stage != "coarse"
+        scores: dict[str, list[float]] = {"coarse": [], "final": []}
+        roles: list[str] = []
+        for i in range(0, data["ldr"].shape[0], self.cfg.val_batch):
+            batch = self.to_device({k: data[k][i:i + self.cfg.val_batch] for k in ("ldr", "expo", "gt", "gt_ref")})
+            if final:
+                out = self.forward(batch, stage="e2e")
+                coarse, hdr = out["coarse"][:, 1], out["hdr"]
+            else:
+                k = self.net_cfg.coarse_frames
+                with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                                    enabled=self.amp_dtype is not None):
+                    coarse = self.model.coarse_forward(batch["ldr"][:, c - k // 2:c + k // 2 + 1],
+                                                       batch["expo"][:, c - k // 2:c + k // 2 + 1]).float()
+                hdr = None
+            gt = batch["gt_ref"].permute(0, 2, 3, 1).cpu().numpy()
+            cn = coarse.permute(0, 2, 3, 1).cpu().numpy()
+            hn = hdr.permute(0, 2, 3, 1).cpu().numpy() if hdr is not None else None
+            for j in range(gt.shape[0]):
+                scores["coarse"].append(psnr_mu(cn[j], gt[j], 1.0))
+                if hn is not None:
+                    scores["final"].append(psnr_mu(hn[j], gt[j], 1.0))
+                e = batch["expo"][j].cpu()
+                roles.append("short" if e[c] <= e.min() else "long" if e[c] >= e.max() else "middle")
+        classical = data["classical"].tolist()
+        result: dict[str, Any] = {
+            "psnr_mu_coarse": _mean(scores["coarse"]),
+            "psnr_mu_final": _mean(scores["final"]) if final else None,
+            "psnr_mu_classical": _mean(classical),
+            "by_reference": {},
+            "windows": len(classical),
+        }
+        for role in ("short", "middle", "long"):
+            idx = [j for j, r in enumerate(roles) if r == role]
+            if idx:
+                main = scores["final" if final else "coarse"]
+                result["by_reference"][role] = {"net": _mean([main[j] for j in idx]),
+                                                "classical": _mean([classical[j] for j in idx])}
+        result["metric"] = result["psnr_mu_final"] if final else result["psnr_mu_coarse"]
+        return result
+
+    # -- checkpoints and export ----------------------------------------------------------
+
+    def checkpoint_path(self) -> Path:
+        return self.out / "ckpt" / "last.pt"
+
+    def save_checkpoint(self, elapsed: float) -> Path:
+        path = self.checkpoint_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "version": CKPT_VERSION,
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng_torch": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "best": self.best,
+            "elapsed_s": elapsed,
+            "config": json.dumps(self.cfg.to_dict()),
+            "net_config": self.net_cfg.to_json(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return path
+
+    def _load_checkpoint(self, path: str | Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("version") != CKPT_VERSION:
+            raise ValueError(f"{path}: unknown checkpoint version {state.get('version')}")
+        saved = json.loads(state["config"])
+        mine = self.cfg.to_dict()
+        for key in ("stage", "exposures", "width", "deform_groups"):
+            if saved[key] != mine[key]:
+                raise ValueError(f"{path}: checkpoint has {key}={saved[key]!r}, this run {mine[key]!r}")
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_torch"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.step = int(state["step"])
+        self.best = dict(state["best"])
+        self.elapsed = float(state["elapsed_s"])
+        log.info("resumed from %s at step %d", path, self.step)
+
+    def meta(self, elapsed: float, val: dict | None) -> dict[str, Any]:
+        cfg = self.cfg
+        photos = photo_names(cfg.data.photo_dir) if cfg.data.sources.get("photo", 0) > 0 else []
+        return {
+            "stage": cfg.stage,
+            "steps": self.step,
+            "command": " ".join(self.argv),
+            "train_time_s": round(elapsed, 1),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "hardware": hardware(self.device),
+            "torch": torch.__version__,
+            "init": cfg.init or None,
+            "validation": val,
+            "data": {
+                "sources": cfg.data.sources,
+                "procedural": "capture.scene.procedural_world (training seeds < 10_000_000)",
+                "sim": "capture.sim.SimCamera",
+                "skimage_photos": [(n, lic) for n, _, lic in SKIMAGE_PHOTOS if n in photos],
+                "validation_seeds": [cfg.val_seed, cfg.val_seed + cfg.val_size - 1],
+            },
+            "config": cfg.to_dict(),
+        }
+
+    def export(self, path: Path, elapsed: float, val: dict | None) -> None:
+        try:
+            save_weights(self.model, path, self.meta(elapsed, val))
+        except WeightsError as exc:
+            log.error("could not export %s: %s", path, exc)
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        """Train to ``cfg.steps``; returns the last validation and the best one."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        logf = open(self.out / "log.jsonl", "a", encoding="utf-8")
+
+        def write(record: dict) -> None:
+            logf.write(json.dumps(record) + "\n")
+            logf.flush()
+
+        write({"kind": "start", "step": self.step, "argv": self.argv, "hardware": hardware(self.device),
+               "device": str(self.device), "workers": self.workers, "threads": torch.get_num_threads(),
+               "params": count_parameters(self.model), "trainable": sum(p.numel() for p in self.params),
+               "config": cfg.to_dict()})
+        t_start = time.monotonic()
+        last_ckpt = t_start
+        val: dict | None = None
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
+        window = {"loss": 0.0, "n": 0, "t": time.monotonic(), "data": 0.0, "terms": {}}
+        try:
+            if self.step < cfg.steps:
+                batches = iter(self.loader())
+            while self.step < cfg.steps:
+                t0 = time.monotonic()
+                batch = next(batches)
+                window["data"] += time.monotonic() - t0
+                loss, terms = self.train_step(batch)
+                window["loss"] += loss
+                window["n"] += 1
+                for k, v in terms.items():
+                    window["terms"][k] = window["terms"].get(k, 0.0) + v
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.monotonic() - window["t"]
+                    n = window["n"]
+                    rec = {"kind": "train", "step": self.step, "loss": window["loss"] / n,
+                           **{k: v / n for k, v in window["terms"].items()},
+                           "lr": self.opt.param_groups[0]["lr"], "samples_per_s": n * cfg.batch_size / dt,
+                           "s_per_step": dt / n, "data_frac": window["data"] / dt,
+                           "elapsed_s": self.elapsed + time.monotonic() - t_start}
+                    write(rec)
+                    bar.set_postfix(loss=f"{rec['loss']:.4f}", sps=f"{rec['samples_per_s']:.1f}")
+                    window = {"loss": 0.0, "n": 0, "t": time.monotonic(), "data": 0.0, "terms": {}}
+                elapsed = self.elapsed + time.monotonic() - t_start
+                if cfg.val_size and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                    val = self._validate_and_export(write, elapsed)
+                due = cfg.ckpt_every_min > 0 and time.monotonic() - last_ckpt > 60 * cfg.ckpt_every_min
+                stop = cfg.max_minutes > 0 and time.monotonic() - t_start > 60 * cfg.max_minutes
+                if self.step % cfg.ckpt_every == 0 or due or stop or self.step == cfg.steps:
+                    self.save_checkpoint(elapsed)
+                    last_ckpt = time.monotonic()
+                if stop:
+                    log.info("max_minutes reached at step %d; continue with --resume auto", self.step)
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted at step %d: saving a checkpoint", self.step)
+            self.save_checkpoint(self.elapsed + time.monotonic() - t_start)
+            raise
+        finally:
+            bar.close()
+        elapsed = self.elapsed + time.monotonic() - t_start
+        if val is None and cfg.val_size:
+            val = self._validate_and_export(write, elapsed)
+        self.export(self.out / "last.safetensors", elapsed, val)
+        write({"kind": "end", "step": self.step, "elapsed_s": elapsed, "best": self.best})
+        logf.close()
+        return {"step": self.step, "val": val, "best": self.best}
+
+    def _validate_and_export(self, write, elapsed: float) -> dict:
+        val = self.validate()
+        write({"kind": "val", "step": self.step, **val})
+        msg = f"step {self.step}: val PSNR-μ coarse {val['psnr_mu_coarse']:.2f}"
+        if val["psnr_mu_final"] is not None:
+            msg += f", final {val['psnr_mu_final']:.2f}"
+        log.info("%s (classical %.2f dB)", msg, val["psnr_mu_classical"])
+        if self.best["metric"] is None or val["metric"] > self.best["metric"]:
+            self.best = {"metric": val["metric"], "step": self.step}
+            self.export(self.out / "best.safetensors", elapsed, val)
+        return val
+
+
+def _mean(xs: list[float]) -> float:
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+# -- command line ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training",
+        description="Train one stage of the HDR network (coarse → refine → e2e) on synthesised windows.",
+    )
+    p.add_argument("--config", action="append", default=[],
+                   help="TOML file or shipped name (coarse2, refine3, cpu, ...); repeat to layer them. "
+                        "Default: <stage><exposures>")
+    p.add_argument("--stage", choices=config_mod.STAGES)
+    p.add_argument("--exposures", type=int, choices=(2, 3))
+    p.add_argument("--width", type=float, help="network width multiplier")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop", type=int, help="training crop (multiple of 16)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"))
+    p.add_argument("--workers", type=int, help="data processes (-1 auto)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--init", help="start from weights (.safetensors) or a checkpoint's model (.pt)")
+    p.add_argument("--resume", help="continue from a checkpoint (.pt), or 'auto' for OUT/ckpt/last.pt if any")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key, dotted for tables: --set data.pool=4 --set loss.perceptual=grad")
+    p.add_argument("--bench-data", type=int, metavar="N", help="time N samples of data generation and exit")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    names = list(args.config)
+    if not names:
+        names = [f"{args.stage or 'coarse'}{args.exposures or 2}"]
+    values: dict[str, Any] = {}
+    for name in names:
+        values = _deep_merge(values, config_mod.load_toml(name))
+    flags = {"stage": args.stage, "exposures": args.exposures, "width": args.width, "steps": args.steps,
+             "batch_size": args.batch_size, "lr": args.lr, "device": args.device, "amp": args.amp,
+             "workers": args.workers, "seed": args.seed, "out": args.out, "init": args.init}
+    overrides = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    if args.crop is not None:
+        overrides.append(f"data.crop={args.crop}")
+    if args.no_progress:
+        overrides.append("progress=false")
+    return config_mod.from_dict(config_mod.apply_overrides(values, overrides + list(args.set)))
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training [options]``; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(args)
+    except (ValueError, FileNotFoundError) as exc:
+        log.error("%s", exc)
+        return 2
+    if args.bench_data:
+        sps = bench(cfg.data, cfg.exposures, args.bench_data, cfg.seed)
+        print(f"data generation: {sps:.1f} samples/s ({cfg.exposures} exposures, crop {cfg.data.crop}, one process)")
+        return 0
+    resume = args.resume
+    if resume == "auto":
+        last = Path(cfg.out) / "ckpt" / "last.pt"
+        resume = str(last) if last.is_file() else None
+    trainer = Trainer(cfg, ["python -m training", *argv], resume=resume)
+    summary = trainer.run()
+    best = summary["best"]
+    print(json.dumps({"step": summary["step"], "best_metric": best["metric"], "best_step": best["step"],
+                      "out": str(trainer.out)}))
+    return 0

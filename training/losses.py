@@ -1,0 +1,139 @@
+"""Losses of the paper (§3.2, §3.3), computed on μ-law tonemapped HDR (μ = 5000).
+
+- CoarseNet: ``L^c = ||T^c - T̃||₁`` for each coarse output (frames i-1, i, i+1) — eq. (1).
+- RefineNet: ``L^r_l1 = ||T_i - T̃_i||₁ / ||1 - M_i||₁`` on the final blend — eq. (6) — plus a
+  perceptual term.
+
+The perceptual substitute. The paper adds a VGG16 feature loss (relu1_2, relu2_2, relu3_3);
+no pretrained VGG can be downloaded here, and a randomly initialised one measures little.
+What that term buys in HDR fusion is sensitivity to *structure* — blur, ghosts, missing
+texture in refilled regions — that a per-pixel L1 averages away. We use multi-scale SSIM
+on the μ-law image instead (``1 - SSIM`` at full, ½ and ¼ resolution, i.e. the three
+receptive-field scales of those VGG layers): it compares local means, contrasts and
+correlation, so a blurred or ghosted refill costs much more than its L1 says; it is
+differentiable, weight-free, cheap (separable Gaussian filters) and bounded, so its
+weight is easy to set. A multi-scale gradient L1 (``perceptual = "grad"``) is the
+alternative; it targets edges only and is noisier on the noise of short exposures.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MU = 5000.0
+_LOG1P_MU = math.log1p(MU)
+SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a dynamic range of 1
+SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # the usual 11x11 Gaussian window
+
+
+def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
+    """Tonemap ``log(1 + μH) / log(1 + μ)`` of normalised HDR, clamped to [0, 1] first (eq. 1)."""
+    return torch.log1p(mu * hdr.clamp(0.0, 1.0)) / math.log1p(mu)
+
+
+def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
+    """Mean L1 between μ-law coarse HDRs and ground truth, any matching shapes (B, 3, 3, H, W)."""
+    return (mu_law(coarse) - mu_law(gt)).abs().mean()
+
+
+def refine_l1(hdr: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
+    """Eq. (6): ``sum |T - T̃| / sum (1 - M)`` over the batch.
+
+    Args:
+        hdr: (B, 3, H, W) final HDR. gt: (B, 3, H, W). mask: (B, 3, H, W) well-exposed mask M.
+
+    The sums run over the whole batch (a sample with almost no badly exposed pixels does
+    not blow the loss up); the denominator is at least 1 pixel.
+    """
+    num = (mu_law(hdr) - mu_law(gt)).abs().sum()
+    return num / (1.0 - mask).sum().clamp_min(1.0)
+
+
+def _gaussian(device: torch.device, dtype: torch.dtype) -> Tensor:
+    x = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, device=device, dtype=dtype)
+    g = torch.exp(-(x * x) / (2 * SSIM_SIGMA**2))
+    return g / g.sum()
+
+
+def _blur(x: Tensor, g: Tensor) -> Tensor:
+    """Separable Gaussian per channel, reflect padding; x (B, C, H, W)."""
+    c = x.shape[1]
+    r = g.numel() // 2
+    x = F.pad(x, (r, r, r, r), mode="reflect")
+    x = F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+    return F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+
+
+def ssim(x: Tensor, y: Tensor) -> Tensor:
+    """Mean SSIM of two (B, C, H, W) images in [0, 1] (H, W > 5; 11x11 Gaussian window)."""
+    g = _gaussian(x.device, x.dtype)
+    mx, my = _blur(x, g), _blur(y, g)
+    sxx = _blur(x * x, g) - mx * mx
+    syy = _blur(y * y, g) - my * my
+    sxy = _blur(x * y, g) - mx * my
+    num = (2 * mx * my + SSIM_C1) * (2 * sxy + SSIM_C2)
+    den = (mx * mx + my * my + SSIM_C1) * (sxx + syy + SSIM_C2)
+    return (num / den).mean()
+
+
+def ms_ssim_loss(t: Tensor, t_gt: Tensor, scales: int = 3) -> Tensor:
+    """Mean over scales of ``1 - SSIM`` on tonemapped images (B, 3, H, W), halving each scale."""
+    total = t.new_zeros(())
+    used = 0
+    for s in range(scales):
+        if s:
+            if min(t.shape[-2:]) < 2 * (2 * SSIM_RADIUS + 1):
+                break
+            t, t_gt = F.avg_pool2d(t, 2), F.avg_pool2d(t_gt, 2)
+        total = total + (1.0 - ssim(t, t_gt))
+        used += 1
+    return total / used
+
+
+def gradient_loss(t: Tensor, t_gt: Tensor, scales: int = 3) -> Tensor:
+    """Mean over scales of the L1 between horizontal and vertical finite differences."""
+    total = t.new_zeros(())
+    for s in range(scales):
+        if s:
+            t, t_gt = F.avg_pool2d(t, 2), F.avg_pool2d(t_gt, 2)
+        d = t - t_gt
+        total = total + (d[..., :, 1:] - d[..., :, :-1]).abs().mean() + (d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+    return total / scales
+
+
+def perceptual(hdr: Tensor, gt: Tensor, kind: str = "ssim", scales: int = 3) -> Tensor:
+    """The VGG16 substitute on μ-law images: "ssim" (multi-scale), "grad" or "none"."""
+    if kind == "none":
+        return hdr.new_zeros(())
+    t, t_gt = mu_law(hdr), mu_law(gt)
+    if kind == "ssim":
+        return ms_ssim_loss(t, t_gt, scales)
+    if kind == "grad":
+        return gradient_loss(t, t_gt, scales)
+    raise ValueError(f"unknown perceptual loss {kind!r}")
+
+
+def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcfg) -> tuple[Tensor, dict[str, float]]:
+    """Total loss of a training stage and its terms (as floats, for the log).
+
+    Args:
+        stage: "coarse" (``out`` needs "coarse"), "refine" or "e2e" (need "hdr", "mask",
+            and for e2e "coarse").
+        out: network outputs. batch: a batch with "gt" (B, 3, 3, H, W) and "gt_ref".
+        lcfg: :class:`training.config.LossConfig`.
+    """
+    terms: dict[str, Tensor] = {}
+    if stage in ("coarse", "e2e") and lcfg.coarse > 0:
+        terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], batch["gt"])
+    if stage in ("refine", "e2e"):
+        terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
+        if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
+            terms["perceptual"] = lcfg.perceptual_weight * perceptual(
+                out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
+    if not terms:
+        raise ValueError(f"stage {stage!r} has no loss term with a positive weight")
+    total = sum(terms.values())
+    return total, {k: float(v.detach()) for k, v in terms.items()}
