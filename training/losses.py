@@ -17,21 +17,20 @@ alternative; it targets edges only and is noisier on the noise of short exposure
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-MU = 5000.0
-_LOG1P_MU = math.log1p(MU)
+from infer.net.ops import MU
+from infer.net.ops import mu_law as _mu_law
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a dynamic range of 1
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # the usual 11x11 Gaussian window
 
 
 def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
-    """Tonemap ``log(1 + μH) / log(1 + μ)`` of normalised HDR, clamped to [0, 1] first (eq. 1)."""
-    return torch.log1p(mu * hdr.clamp(0.0, 1.0)) / math.log1p(mu)
+    """The network's μ-law (eq. 1) on HDR clamped to [0, 1] first, as the evaluation clips."""
+    return _mu_law(hdr.clamp(0.0, 1.0), mu)
 
 
 def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
