@@ -58,6 +58,12 @@ class NetReconstructor:
         self.device = _device(device)
         self.stream = stream
         self._models: dict[int, torch.nn.Module] = {}
+        missing = [self._path(n) for n in (2, 3) if not self._path(n).is_file()]
+        if len(missing) == 2:  # fail before the stream starts, not on every window
+            raise FileNotFoundError(
+                f"no trained network weights ({missing[0].name}, {missing[1].name} in {missing[0].parent}): "
+                f"they are not shipped yet; train them with `hdrstream train`, or use --method classical"
+            )
         self._cache: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # coarse-window seqs -> (ref seq, HDR)
         self.coarse_runs = 0
 
@@ -67,7 +73,7 @@ class NetReconstructor:
         if exposures not in self._models:
             from infer.net.model import load_weights
 
-            path = self.weights.get(exposures, default_weights(exposures))
+            path = self._path(exposures)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"no trained weights for {exposures} exposures at {path}: the network's weights are not "
@@ -76,6 +82,9 @@ class NetReconstructor:
             self._models[exposures] = load_weights(path).to(self.device).eval()
             log.info("loaded %s (%s)", path, self._models[exposures].meta.get("summary", ""))
         return self._models[exposures]
+
+    def _path(self, exposures: int) -> Path:
+        return self.weights.get(exposures, default_weights(exposures))
 
     def _tensors(self, frames: np.ndarray, exposures: Sequence[float], multiple: int):
         n, h, w, _ = frames.shape

@@ -63,7 +63,8 @@ def test_make_reconstructor():
     assert make_reconstructor("reference").name == "reference"
     with pytest.raises(ValueError, match="classical"):
         make_reconstructor("magic")
-    assert make_reconstructor("net").name == "net"  # weights load lazily, on the first window
+    with pytest.raises(FileNotFoundError, match="not shipped yet"):  # until trained weights are committed
+        make_reconstructor("net")
 
 
 def test_reference_is_the_reference_frame_alone():
