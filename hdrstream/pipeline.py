@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from hdrstream.frame import Frame
 from hdrstream.runner import LoopStats, run_source, run_stage
 from hdrstream.stage import Source, Stage
-from hdrstream.transport import Receiver, Sender
+from hdrstream.transport import FLUSH_S, Receiver, Sender
 
 log = logging.getLogger(__name__)
-FLUSH_S = 10.0  # bound on how long a finished stage waits for its last messages to leave
 
 
 @dataclass
@@ -45,9 +44,6 @@ class _Observed:
 
     def finish(self) -> Iterable[Frame]:
         return self.stage.finish()
-
-    def __getattr__(self, item):  # end_of_stream and friends reach the wrapped stage
-        return getattr(self.stage, item)
 
 
 def run_embedded(

@@ -13,11 +13,10 @@ import sys
 import threading
 
 from hdrstream.runner import LoopStats, run_source, run_stage
-from hdrstream.transport import Receiver, Sender, shutdown
+from hdrstream.transport import FLUSH_S, Receiver, Sender, shutdown
 
 log = logging.getLogger(__name__)
 
-FLUSH_S = 10.0  # how long a finished service waits for its last messages to leave
 PORTS = {"capture": 5550, "preprocess": 5551, "infer": 5552}
 
 

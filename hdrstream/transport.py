@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HWM = 8  # messages; a window of 5 float frames at 1536x813 is ~75 MB, so keep it small
 POLL_MS = 100
+FLUSH_S = 10.0  # how long a finished stage or service waits for its last messages to leave
 
 
 def context() -> zmq.Context:
