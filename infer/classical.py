@@ -128,6 +128,25 @@ class ClassicalReconstructor:
             H += H_ref
         return H
 
+    def flows(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
+              nbrs: Sequence[int] | None = None) -> np.ndarray:
+        """Reference→neighbour displacements (k, H, W, 2) in pixels, ``ref(p) ≈ frame_j(p + f(p))``.
+
+        The same exposure-matched DIS flows the merge uses (with the same-exposure pair's
+        motion in clipped areas); the DIS-flow CoarseNet variant (design §4) takes them as
+        its alignment. ``nbrs`` defaults to every other frame of the window, in order.
+        """
+        check_window(frames, exposures, ref)
+        nbrs = [j for j in range(len(exposures)) if j != ref] if nbrs is None else list(nbrs)
+        maps = _Flows(self, frames, exposures, ref).maps(nbrs)
+        h, w = frames.shape[1:3]
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        out = np.empty((len(nbrs), h, w, 2), np.float32)
+        for k, j in enumerate(nbrs):
+            out[k, ..., 0] = maps[j][..., 0] - gx
+            out[k, ..., 1] = maps[j][..., 1] - gy
+        return out
+
     @staticmethod
     def neighbours(exposures: Sequence[float], ref: int, same_exposure: bool = False) -> list[int]:
         """The nearest frame on each side for every exposure other than the reference's

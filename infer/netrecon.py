@@ -66,6 +66,7 @@ class NetReconstructor:
             )
         self._cache: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # coarse-window seqs -> (ref seq, HDR)
         self.coarse_runs = 0
+        self._dis = None  # ClassicalReconstructor, for networks of the DIS-flow variant
 
     # -- model -----------------------------------------------------------------------
 
@@ -101,6 +102,24 @@ class NetReconstructor:
         out = hdr[0, :, :h, :w].permute(1, 2, 0).float().cpu().numpy()
         return np.ascontiguousarray(out / np.float32(t_min), np.float32)  # back to lin/t in seconds
 
+    def _flows(self, net, frames: np.ndarray, exposures: Sequence[float], j: int) -> torch.Tensor | None:
+        """(1, C-1, 2, H', W') DIS flows of the CoarseNet window centred on j, or None when
+        the network has its own flow network."""
+        if net.cfg.flow != "dis":
+            return None
+        if self._dis is None:
+            from infer.classical import ClassicalReconstructor
+
+            self._dis = ClassicalReconstructor()
+        half = net.cfg.coarse_frames // 2
+        f = self._dis.flows(frames[j - half:j + half + 1], exposures[j - half:j + half + 1], half)
+        x = torch.from_numpy(f).permute(0, 3, 1, 2)  # (C-1, 2, H, W)
+        h, w = frames.shape[1:3]
+        ph, pw = (-h) % net.multiple, (-w) % net.multiple
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
+        return x[None].to(self.device)
+
     # -- windowed --------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -115,8 +134,12 @@ class NetReconstructor:
         if self.name == "coarse":
             c = net.cfg.coarse_frames
             s = ref - c // 2
-            return self._to_numpy(net.coarse_forward(x[:, s:s + c], expo[:, s:s + c]), h, w, t_min)
-        return self._to_numpy(net(x, expo)["hdr"], h, w, t_min)
+            flows = self._flows(net, frames, exposures, ref)
+            return self._to_numpy(net.coarse_forward(x[:, s:s + c], expo[:, s:s + c], flows), h, w, t_min)
+        flows = None
+        if net.cfg.flow == "dis":
+            flows = torch.stack([self._flows(net, frames, exposures, j) for j in (ref - 1, ref, ref + 1)], dim=1)
+        return self._to_numpy(net(x, expo, flows)["hdr"], h, w, t_min)
 
     # -- streaming -------------------------------------------------------------------
 
@@ -153,7 +176,8 @@ class NetReconstructor:
             if hit is not None and hit[0] in position:
                 coarse[j] = self._warped(hit[1], warps[position[hit[0]]])
                 continue
-            out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1])
+            flows = self._flows(net, frames, exposures, j)
+            out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1], flows)
             self.coarse_runs += 1
             # cached at the padded size: RefineNet must see exactly what the windowed path sees
             coarse[j] = out[0].permute(1, 2, 0).cpu().numpy()

@@ -103,6 +103,7 @@ class TrainConfig:
     exposures: int = 2
     width: float = 1.0  # NetConfig.width
     deform_groups: int = 8
+    flow: str = "learned"  # NetConfig.flow: "learned" (the paper's) or "dis" (design §4's variant)
     steps: int = 40_000  # total optimiser steps of this stage
     batch_size: int = 8
     lr: float = 1e-4
@@ -136,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0:
             raise ValueError("need steps >= 0, batch_size >= 1, lr > 0, lr_halve_every >= 0")
+        if self.flow not in ("learned", "dis"):
+            raise ValueError(f"flow must be learned|dis, got {self.flow!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none|bf16|fp16, got {self.amp!r}")
         if self.val_crop < 16 or self.val_crop % 16 or self.val_size < 0 or self.val_batch < 1:

@@ -208,10 +208,12 @@ class SampleMaker:
             and simulated (no photographs: they are few and all used for training), the
             reference phase cycling through the exposures, no augmentation.
         crop: crop size (defaults to ``dcfg.crop``).
+        flows: also give each sample the DIS flows of its three CoarseNet windows
+            ("flows", see :func:`dis_flows`), for the DIS-flow network variant.
     """
 
     def __init__(self, dcfg: DataConfig, exposures: int, seed: int, split: str = "train",
-                 crop: int | None = None):
+                 crop: int | None = None, flows: bool = False):
         if split not in ("train", "val"):
             raise ValueError(f"split must be train or val, got {split!r}")
         if split == "val" and seed < VAL_SEED_BASE:
@@ -219,6 +221,8 @@ class SampleMaker:
         self.dcfg, self.exposures, self.seed, self.split = dcfg, exposures, seed, split
         self.crop = crop or dcfg.crop
         self.n = frames_for(exposures)
+        self.flows = flows
+        self._dis = None
         weights = dict(dcfg.sources)
         if weights.get("photo", 0) > 0 and split == "train" and not load_photos(dcfg.photo_dir):
             weights.pop("photo")
@@ -278,7 +282,24 @@ class SampleMaker:
             L, gt = _flip_rotate(L, gt, rng, dcfg)
         ldr = torch.from_numpy(np.ascontiguousarray(L.transpose(0, 3, 1, 2)))
         gt_t = torch.from_numpy(np.ascontiguousarray(gt.transpose(0, 3, 1, 2)))
-        return {"ldr": ldr, "expo": torch.from_numpy(expo), "gt": gt_t, "gt_ref": gt_t[1].clone()}
+        sample = {"ldr": ldr, "expo": torch.from_numpy(expo), "gt": gt_t, "gt_ref": gt_t[1].clone()}
+        if self.flows:
+            if self._dis is None:
+                from infer.classical import ClassicalReconstructor
+
+                self._dis = ClassicalReconstructor()
+            sample["flows"] = torch.from_numpy(dis_flows(self._dis, np.ascontiguousarray(L), expo))
+        return sample
+
+
+def dis_flows(rec, L: np.ndarray, expo: np.ndarray) -> np.ndarray:
+    """(3, C-1, 2, h, w) exposure-matched DIS flows of the CoarseNet windows centred on the
+    frames i-1, i, i+1 of an input window ``L`` (n, h, w, 3) — what inference computes."""
+    n = L.shape[0]
+    c, half = n // 2, (n - 2) // 2  # coarse windows have n - 2 frames
+    out = [rec.flows(L[j - half:j + half + 1], [float(t) for t in expo[j - half:j + half + 1]], half)
+           for j in (c - 1, c, c + 1)]
+    return np.ascontiguousarray(np.stack(out).transpose(0, 1, 4, 2, 3))
 
 
 def _flip_rotate(L: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
@@ -302,10 +323,11 @@ class WindowStream(IterableDataset):
     :func:`worker_context`.
     """
 
-    def __init__(self, dcfg: DataConfig, exposures: int, seed: int, batch_size: int, start_step: int = 0):
+    def __init__(self, dcfg: DataConfig, exposures: int, seed: int, batch_size: int, start_step: int = 0,
+                 flows: bool = False):
         super().__init__()
         self.dcfg, self.exposures, self.seed = dcfg, exposures, seed
-        self.batch_size, self.start_step = batch_size, start_step
+        self.batch_size, self.start_step, self.flows = batch_size, start_step, flows
 
     def __iter__(self):
         info = get_worker_info()
@@ -313,7 +335,7 @@ class WindowStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
             cv2.setNumThreads(1)
-        maker = SampleMaker(self.dcfg, self.exposures, self.seed)
+        maker = SampleMaker(self.dcfg, self.exposures, self.seed, flows=self.flows)
         step = self.start_step + worker
         while True:
             for b in range(self.batch_size):
@@ -335,28 +357,31 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int) -> str:
-    text = json.dumps({"data": asdict(dcfg), "e": exposures, "n": size, "crop": crop, "seed": seed, "v": 1},
-                      sort_keys=True)
+def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int, flows: bool = False) -> str:
+    spec = {"data": asdict(dcfg), "e": exposures, "n": size, "crop": crop, "seed": seed, "v": 1}
+    if flows:
+        spec["flows"] = "dis"
+    text = json.dumps(spec, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def validation_set(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int = VAL_SEED_BASE,
-                   cache_dir: str | Path | None = None) -> dict:
+                   cache_dir: str | Path | None = None, flows: bool = False) -> dict:
     """The fixed validation windows (stacked tensors) and the classical baseline's scores.
 
     Returns a dict with "ldr" (V, N, 3, h, w), "expo" (V, N), "gt" (V, 3, 3, h, w),
     "gt_ref" (V, 3, h, w), "classical" (V,) PSNR-μ of :class:`infer.classical.ClassicalReconstructor`
-    on the same windows, and "key". Cached as ``cache_dir/val-<key>.pt`` when given.
+    on the same windows, "key", and with ``flows`` the DIS flows "flows" (V, 3, C-1, 2, h, w).
+    Cached as ``cache_dir/val-<key>.pt`` when given.
     """
-    key = validation_key(dcfg, exposures, size, crop, seed)
+    key = validation_key(dcfg, exposures, size, crop, seed, flows)
     path = Path(cache_dir) / f"val-{key}.pt" if cache_dir else None
     if path is not None and path.is_file():
         data = torch.load(path, weights_only=True)
         if data.get("key") == key:
             return data
     t0 = time.monotonic()
-    maker = SampleMaker(dcfg, exposures, seed, split="val", crop=crop)
+    maker = SampleMaker(dcfg, exposures, seed, split="val", crop=crop, flows=flows)
     data = collate([maker(j) for j in range(size)])
     data["classical"] = torch.tensor(classical_scores(data), dtype=torch.float64)
     data["key"] = key

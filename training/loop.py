@@ -111,7 +111,8 @@ class Trainer:
                 torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups)
+        self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
+                                 flow=cfg.flow)
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)
@@ -141,8 +142,8 @@ class Trainer:
             state = torch.load(p, map_location="cpu", weights_only=True)["model"]
         else:
             src = load_weights(p)
-            if (src.cfg.exposures, src.cfg.width, src.cfg.deform_groups) != (
-                    self.net_cfg.exposures, self.net_cfg.width, self.net_cfg.deform_groups):
+            if (src.cfg.exposures, src.cfg.width, src.cfg.deform_groups, src.cfg.flow) != (
+                    self.net_cfg.exposures, self.net_cfg.width, self.net_cfg.deform_groups, self.net_cfg.flow):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state = src.state_dict()
         self.model.load_state_dict(state)
@@ -168,7 +169,8 @@ class Trainer:
 
     def loader(self) -> DataLoader:
         cfg = self.cfg
-        stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step)
+        stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step,
+                              flows=cfg.flow == "dis")
         # not fork: OpenCV's thread pool deadlocks in a forked child once the parent used it
         return DataLoader(stream, batch_size=cfg.batch_size, num_workers=self.workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
@@ -180,7 +182,7 @@ class Trainer:
     def forward(self, batch: dict[str, torch.Tensor], stage: str | None = None) -> dict[str, torch.Tensor]:
         """Network outputs a stage needs; the coarse stage runs only CoarseNet (3 windows)."""
         stage = stage or self.cfg.stage
-        ldr, expo = batch["ldr"], batch["expo"]
+        ldr, expo, flows = batch["ldr"], batch["expo"], batch.get("flows")  # flows: (B, 3, C-1, 2, H, W)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             if stage == "coarse":
@@ -188,10 +190,11 @@ class Trainer:
                 c = self.net_cfg.coarse_frames
                 windows = torch.cat([ldr[:, j:j + c] for j in range(3)], dim=0)  # (3B, C, 3, H, W)
                 wexpo = torch.cat([expo[:, j:j + c] for j in range(3)], dim=0)
-                coarse = self.model.coarse_forward(windows, wexpo).view(3, b, 3, h, w).transpose(0, 1)
+                wflows = None if flows is None else torch.cat([flows[:, j] for j in range(3)], dim=0)
+                coarse = self.model.coarse_forward(windows, wexpo, wflows).view(3, b, 3, h, w).transpose(0, 1)
                 out = {"coarse": coarse}
             else:
-                out = self.model(ldr, expo)
+                out = self.model(ldr, expo, flows)
         return {k: v.float() for k, v in out.items()}
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -220,7 +223,7 @@ class Trainer:
         if self.val_data is None:
             cfg = self.cfg
             self.val_data = validation_set(cfg.data, cfg.exposures, cfg.val_size, cfg.val_crop, cfg.val_seed,
-                                           cfg.cache_dir)
+                                           cfg.cache_dir, flows=cfg.flow == "dis")
         return self.val_data
 
     @torch.no_grad()
@@ -234,7 +237,8 @@ class Trainer:
         scores: dict[str, list[float]] = {"coarse": [], "final": []}
         roles: list[str] = []
         for i in range(0, data["ldr"].shape[0], self.cfg.val_batch):
-            batch = self.to_device({k: data[k][i:i + self.cfg.val_batch] for k in ("ldr", "expo", "gt", "gt_ref")})
+            keys = [k for k in ("ldr", "expo", "gt", "gt_ref", "flows") if k in data]
+            batch = self.to_device({k: data[k][i:i + self.cfg.val_batch] for k in keys})
             if final:
                 out = self.forward(batch, stage="e2e")
                 coarse, hdr = out["coarse"][:, 1], out["hdr"]
@@ -242,8 +246,9 @@ class Trainer:
                 k = self.net_cfg.coarse_frames
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
+                    flows = batch["flows"][:, 1] if "flows" in batch else None
                     coarse = self.model.coarse_forward(batch["ldr"][:, c - k // 2:c + k // 2 + 1],
-                                                       batch["expo"][:, c - k // 2:c + k // 2 + 1]).float()
+                                                       batch["expo"][:, c - k // 2:c + k // 2 + 1], flows).float()
                 hdr = None
             gt = batch["gt_ref"].permute(0, 2, 3, 1).cpu().numpy()
             cn = coarse.permute(0, 2, 3, 1).cpu().numpy()

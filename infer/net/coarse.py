@@ -23,15 +23,17 @@ class CoarseNet(nn.Module):
     Args:
         exposures: 2 or 3; the window has 2·exposures - 1 frames.
         width: channel multiplier.
+        learned_flow: the paper's flow network (True), or none: every call then passes
+            external flows, e.g. exposure-matched DIS (design §4's variant).
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
-    def __init__(self, exposures: int = 2, width: float = 1.0) -> None:
+    def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True) -> None:
         super().__init__()
         self.exposures = exposures
         self.frames = 2 * exposures - 1
-        self.flow = SpyFlowNet(exposures, width)
+        self.flow = SpyFlowNet(exposures, width) if learned_flow else None
         self.weight = WeightNet(2 * self.frames - 1, width)
 
     def forward(
@@ -56,6 +58,8 @@ class CoarseNet(nn.Module):
         c = n // 2
         nbrs = [j for j in range(n) if j != c]
         if flows is None:
+            if self.flow is None:
+                raise ValueError("CoarseNet: this network has no flow network (DIS-flow variant); pass flows")
             flows = self.flow(ldr, expo)  # (b, n-1, 2, H, W)
         else:
             check_shape(flows, "CoarseNet: flows", (b, n - 1, 2, h, w))

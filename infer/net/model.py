@@ -31,6 +31,7 @@ from infer.net.refine import RefineFeatures, RefineNet
 
 FORMAT = "hdrstream.hdrnet"
 FORMAT_VERSION = "1"
+FLOWS = ("learned", "dis")
 
 
 @dataclass
@@ -44,14 +45,19 @@ class NetConfig:
         deform_groups: deformable groups of RefineNet's PCD alignment (8 in the paper).
         refine_mulaw_input: RefineNet sees μ-law tonemapped coarse HDRs (True) or linear ones
             as in the reference code (False).
+        flow: CoarseNet's alignment: "learned" (the paper's SPyNet-style network) or "dis"
+            (exposure-matched DIS flows from ``infer.classical``, passed in; design §4).
     """
 
     exposures: int = 2
     width: float = 1.0
     deform_groups: int = 8
     refine_mulaw_input: bool = True
+    flow: str = "learned"
 
     def __post_init__(self) -> None:
+        if self.flow not in FLOWS:
+            raise ValueError(f"flow must be one of {FLOWS}, got {self.flow!r}")
         if self.exposures not in (2, 3):
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not self.width > 0:
@@ -99,7 +105,7 @@ class HDRNet(nn.Module):
     def __init__(self, cfg: NetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or NetConfig()
-        self.coarse = CoarseNet(cfg.exposures, cfg.width)
+        self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned")
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input)
         self.meta: dict = {}  # filled by load_weights
 
@@ -112,18 +118,20 @@ class HDRNet(nn.Module):
 
     # -- stages ------------------------------------------------------------------------
 
-    def coarse_forward(self, ldr_c: Tensor, expo_c: Tensor) -> Tensor:
+    def coarse_forward(self, ldr_c: Tensor, expo_c: Tensor, flows: Tensor | None = None) -> Tensor:
         """Coarse HDR of a CoarseNet window's centre.
 
         Args:
             ldr_c: (B, C, 3, H, W) LDRs, C = ``cfg.coarse_frames``, centre C // 2.
             expo_c: (B, C) relative exposure times.
+            flows: (B, C-1, 2, H, W) centre→neighbour flows; required when ``cfg.flow`` is
+                "dis", else optional (replaces the flow network).
 
         Returns:
             (B, 3, H, W) coarse linear HDR.
         """
         self._check_window(ldr_c, expo_c, self.cfg.coarse_frames, "coarse_forward")
-        return self.coarse(ldr_c, expo_c)
+        return self.coarse(ldr_c, expo_c, flows)
 
     def features(self, coarse: Tensor, expo: Tensor, expo_window: Tensor | None = None) -> RefineFeatures:
         """RefineNet features of each frame (see ``RefineNet.features``), for reuse across windows.
@@ -170,13 +178,15 @@ class HDRNet(nn.Module):
         hdr = mask * coarse3[:, 1] + (1.0 - mask) * refined
         return {"hdr": hdr, "refine": refined, "mask": mask}
 
-    def forward(self, ldr: Tensor, expo: Tensor) -> dict[str, Tensor]:
+    def forward(self, ldr: Tensor, expo: Tensor, flows: Tensor | None = None) -> dict[str, Tensor]:
         """HDR of the centre frame i of an input window.
 
         Args:
             ldr: (B, N, 3, H, W) gamma-2.2 LDRs in [0, 1], globally aligned; N = ``cfg.frames``
                 (5 or 7), centre i = N // 2; H, W multiples of ``multiple``.
             expo: (B, N) exposure times relative to the shortest of the cycle (≥ 1).
+            flows: (B, 3, C-1, 2, H, W) flows of the three CoarseNet windows (centred on
+                i-1, i, i+1); required for the DIS-flow variant.
 
         Returns:
             {"hdr": (B, 3, H, W) final H_i, "coarse": (B, 3, 3, H, W) coarse HDRs of
@@ -189,7 +199,10 @@ class HDRNet(nn.Module):
         # The three CoarseNet windows run as one batch: (3·B, C, 3, H, W), window-major.
         windows = torch.cat([ldr[:, j - half : j + half + 1] for j in centres], dim=0)
         window_expo = torch.cat([expo[:, j - half : j + half + 1] for j in centres], dim=0)
-        coarse = self.coarse(windows, window_expo)  # (3·B, 3, H, W)
+        if flows is not None:
+            check_shape(flows, "HDRNet: flows", (b, 3, 2 * half, 2, h, w))
+            flows = flows.transpose(0, 1).flatten(0, 1)  # (3·B, C-1, 2, H, W), window-major
+        coarse = self.coarse(windows, window_expo, flows)  # (3·B, 3, H, W)
         coarse3 = coarse.reshape(3, b, 3, h, w).transpose(0, 1)  # (B, 3, 3, H, W)
         out = self.refine_forward(coarse3, ldr[:, i], expo[:, i - 1 : i + 2])
         out["coarse"] = coarse3
