@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -230,6 +230,56 @@ class SimCamera:
         t = self._cycle[seq % len(self._cycle)]
         # gt already includes the gain; the sensor divides it out to count photo-electrons
         return self.sensor.capture(gt, t, self.gain, rng)
+
+    # -- calibration ------------------------------------------------------------------------
+
+    def static_irradiance(self) -> np.ndarray:
+        """The view at t = 0 without the moving objects, times the camera's gain."""
+        img = cv2.warpAffine(self.world, self.path.matrix(0.0), (self.cfg.width, self.cfg.height),
+                             flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT101)
+        if self.gain != 1.0:
+            img *= np.float32(self.gain)
+        return img
+
+    def bracket(self, exposures_s: list[float], frames_each: int) -> list[tuple[float, list[np.ndarray]]]:
+        """A static exposure bracket for CRF calibration: ``frames_each`` noisy payloads per exposure.
+
+        Camera motion and moving objects are left out (a tripod and an empty scene), so
+        frames differ only by sensor noise; gain stays at the camera's. Noise is seeded by
+        (seed, exposure index, frame index), so a bracket reproduces.
+        """
+        if frames_each < 1:
+            raise ValueError(f"frames_each must be >= 1, got {frames_each}")
+        for t in exposures_s:
+            if not (math.isfinite(t) and t > 0):
+                raise ValueError(f"exposures must be positive seconds, got {t!r}")
+        scene = self.static_irradiance()
+        out = []
+        for k, t in enumerate(exposures_s):
+            frames = [self.sensor.capture(scene, float(t), self.gain, np.random.default_rng([self.cfg.seed, 4, k, j]))
+                      for j in range(frames_each)]
+            out.append((float(t), frames))
+        return out
+
+    def describe(self) -> dict:
+        """What this camera is, as JSON-ready values: config, exposure cycle, sensor model."""
+        fmt = self.sensor.fmt
+        return {
+            "camera": self.name,
+            "config": asdict(self.cfg),
+            "pixel_format": fmt.name,
+            "exposure_cycle_s": self.exposure_cycle,
+            "gain_db": self.gain_db,
+            "sensor": {
+                "bits": fmt.bits,
+                "white": fmt.white,
+                "bayer": fmt.bayer,
+                "full_well_e": self.sensor.full_well_e,
+                "read_noise_e": self.sensor.read_noise_e,
+                "noise": self.sensor.noise,
+                "crf": self.cfg.crf,
+            },
+        }
 
     # -- Source -----------------------------------------------------------------------------
 

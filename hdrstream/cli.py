@@ -17,34 +17,6 @@ log = logging.getLogger("hdrstream")
 METHODS = ("classical", "reference", "net", "coarse")
 
 
-def _add_sim_args(p: argparse.ArgumentParser, frames: int = 30) -> None:
-    g = p.add_argument_group("simulated camera")
-    g.add_argument("--width", type=int, default=640)
-    g.add_argument("--height", type=int, default=360)
-    g.add_argument("--frames", type=int, default=frames)
-    g.add_argument("--exposures", type=int, choices=(2, 3), default=2, help="exposures in the cycle")
-    g.add_argument("--ratios", type=str, default=None, help="e.g. 1,8 or 1,4,16 (defaults)")
-    g.add_argument("--pixel-format", default="BayerRG8", choices=("RGB8", "BayerRG8", "BayerRG12"))
-    g.add_argument("--scene", default="procedural", help="'procedural' or an .exr/.hdr image")
-    g.add_argument("--sim-crf", default="gamma2.2", help="camera response the simulated camera applies")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--fps", type=float, default=30.0)
-    g.add_argument("--realtime", action="store_true", help="pace frames at --fps")
-    g.add_argument("--motion", type=float, default=1.0, help="camera motion scale (0 = static)")
-    g.add_argument("--no-noise", action="store_true")
-
-
-def _sim_config(args: argparse.Namespace):
-    from capture.sim import SimConfig
-
-    ratios = tuple(float(r) for r in args.ratios.split(",")) if args.ratios else None
-    return SimConfig(
-        width=args.width, height=args.height, frames=args.frames, exposures=args.exposures, ratios=ratios,
-        pixel_format=args.pixel_format, fps=args.fps, realtime=args.realtime, seed=args.seed,
-        scene=args.scene, crf=args.sim_crf, noise=not args.no_noise, motion=args.motion,
-    )
-
-
 def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str) -> None:
     g = p.add_argument_group("reconstruction")
     g.add_argument("--method", default="classical", choices=METHODS, help="reconstructor for the main output")
@@ -91,14 +63,15 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from capture.sim import SimCamera
+    from capture.cameras import open_camera
 
     out = Path(args.out)
     gt_dir = out / "gt"
-    camera = SimCamera(_sim_config(args), gt_dir=gt_dir)
-    print(f"demo: simulated {args.exposures}-exposure {args.pixel_format} camera, {args.width}x{args.height}, "
-          f"{args.frames} frames, exposures {[f'{t * 1e3:.3g} ms' for t in camera.exposure_cycle]}")
-    rc = _run_pipeline(camera, args, out, gt_dir, args.frames)
+    camera = open_camera(args, gt_dir=gt_dir)
+    cfg = camera.cfg
+    print(f"demo: simulated {cfg.exposures}-exposure {cfg.pixel_format} camera, {cfg.width}x{cfg.height}, "
+          f"{cfg.frames} frames, exposures {[f'{t * 1e3:.3g} ms' for t in camera.exposure_cycle]}")
+    rc = _run_pipeline(camera, args, out, gt_dir, cfg.frames)
     print(f"\nlook at: {out / 'contact_sheet.png'}  {out / 'preview.mp4'}  {out / 'preview'}/*.png")
     print(f"HDR frames: {out}/*.exr (linear, half float)   report: {out / 'report.json'}")
     return rc
@@ -115,17 +88,53 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from capture.cameras import open_camera
     from capture.seqfolder import SequenceWriter
-    from capture.sim import SimCamera
 
     out = Path(args.out_dir)
-    camera = SimCamera(_sim_config(args), gt_dir=out / "gt")
+    camera = open_camera(args, gt_dir=out / "gt")
+    n = camera.cfg.frames
     with SequenceWriter(out) as writer:
-        for frame in tqdm(camera.frames(), total=args.frames, unit="frame", desc="simulate", disable=None):
+        for frame in tqdm(camera.frames(), total=n, unit="frame", desc="simulate", disable=None):
             writer.write(frame)
     camera.close()
     (out / "sim.json").write_text(json.dumps({**vars(args), "exposure_cycle_s": camera.exposure_cycle}, default=str, indent=1))
-    print(f"wrote {args.frames} frames to {out}/frames, exposures.txt, frames.jsonl; ground truth in {out / 'gt'}")
+    print(f"wrote {n} frames to {out}/frames, exposures.txt, frames.jsonl; ground truth in {out / 'gt'}")
+    return 0
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from capture.cameras import open_camera
+
+    out = Path(args.out_dir)
+    gt_dir = out / "gt" if args.camera == "sim" else None
+    camera = open_camera(args, gt_dir=gt_dir)  # the pipeline's source loop closes it
+    total = args.frames if args.frames is not None else len(camera) if hasattr(camera, "__len__") else None
+    return _run_pipeline(camera, args, out, gt_dir or getattr(camera, "gt_dir", None), total)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from capture.calibrate import calibrate
+    from capture.crf_fit import FitConfig
+
+    camera = None
+    if args.from_folder is None:
+        from capture.cameras import open_camera
+
+        camera = open_camera(args)
+    exposures = [float(x) for x in args.bracket.split(",")] if args.bracket else None
+    fit = FitConfig(samples=args.samples, max_residual_stops=args.max_residual_stops)
+    try:
+        result = calibrate(args.out, camera=camera, folder=args.from_folder, exposures_s=exposures,
+                           base_exposure_s=args.base_exposure, count=args.count, step_stops=args.step_stops,
+                           frames_each=args.frames_each, fit=fit, plot=not args.no_plot)
+    finally:
+        if camera is not None:
+            camera.close()
+    report = result.report.to_dict()
+    print(json.dumps(report, indent=1, default=str))
+    print(f"inverse CRF written to {result.json_path}" + (f", plot {result.plot_path}" if result.plot_path else ""))
+    print(f"use it with: hdrstream ... --crf {result.json_path}")
     return 0
 
 
@@ -136,13 +145,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from capture.cameras import add_camera_args
+
     p = argparse.ArgumentParser(prog="hdrstream", description=__doc__.splitlines()[0])
     p.add_argument("-v", "--verbose", action="count", default=0)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     d = sub.add_parser("demo", help="simulated camera -> whole pipeline in one process -> EXR + preview + report")
     d.add_argument("--out", default="out/demo")
-    _add_sim_args(d)
+    add_camera_args(d, kinds=("sim",))
     _add_pipeline_args(d, compare_default="reference")
     d.set_defaults(func=cmd_demo)
 
@@ -155,8 +166,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="write a simulated sequence folder plus ground truth gt/<stem>.exr")
     s.add_argument("out_dir")
-    _add_sim_args(s, frames=24)
+    add_camera_args(s, sim_frames=24, kinds=("sim",))
     s.set_defaults(func=cmd_simulate)
+
+    lv = sub.add_parser("live", help="any camera -> whole pipeline in one process -> EXR + preview + report")
+    lv.add_argument("out_dir")
+    add_camera_args(lv)
+    _add_pipeline_args(lv, compare_default="")
+    lv.set_defaults(func=cmd_live)
+
+    c = sub.add_parser("calibrate", help="fit the camera's inverse response (CRF) from a static exposure bracket")
+    c.add_argument("out", help="CRF JSON to write (a plot goes beside it as .png)")
+    c.add_argument("--from-folder", default=None, help="a sequence folder of a static bracket instead of a camera")
+    c.add_argument("--bracket", default=None, help="exposures in seconds, e.g. 0.001,0.002,0.004 (default: a plan)")
+    c.add_argument("--base-exposure", type=float, default=None,
+                   help="seconds; the plan's centre (default: the camera's exposure cycle)")
+    c.add_argument("--count", type=int, default=7, help="exposures in the plan")
+    c.add_argument("--step-stops", type=float, default=1.0, help="about this many stops apart")
+    c.add_argument("--frames-each", type=int, default=4, help="frames averaged per exposure")
+    c.add_argument("--samples", type=int, default=4000, help="pixels sampled for the fit")
+    c.add_argument("--max-residual-stops", type=float, default=0.25, help="refuse a worse fit")
+    c.add_argument("--no-plot", action="store_true")
+    add_camera_args(c, kinds=("sim", "pylon", "emulator"))
+    c.set_defaults(func=cmd_calibrate)
 
     t = sub.add_parser("train", help="train the network on project-made data (see training/; --help for options)",
                        add_help=False)

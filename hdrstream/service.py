@@ -25,14 +25,11 @@ def _ep(port: int, bind: bool) -> str:
 
 
 def add_service_parsers(sub) -> None:
-    c = sub.add_parser("capture", help="service: a camera publishing frames")
-    c.add_argument("--camera", choices=("sim", "folder"), default="sim",
-                   help="frame source (pylon and the pylon emulator arrive with the camera issue)")
-    c.add_argument("--folder", help="sequence folder for --camera folder")
-    c.add_argument("--out", default=_ep(PORTS["capture"], True))
-    from hdrstream.cli import _add_sim_args
+    from capture.cameras import add_camera_args
 
-    _add_sim_args(c)
+    c = sub.add_parser("capture", help="service: a camera publishing frames")
+    c.add_argument("--out", default=_ep(PORTS["capture"], True))
+    add_camera_args(c)
     c.set_defaults(func=serve_capture)
 
     p = sub.add_parser("preprocess", help="service: frames -> aligned windows")
@@ -78,17 +75,9 @@ def _report(name: str, stats: LoopStats) -> int:
 
 
 def serve_capture(args: argparse.Namespace) -> int:
-    if args.camera == "folder":
-        from capture.folder import FolderCamera
+    from capture.cameras import open_camera
 
-        if not args.folder:
-            raise ValueError("--camera folder needs --folder DIR")
-        source = FolderCamera(args.folder, fps=args.fps if args.realtime else None)
-    else:
-        from capture.sim import SimCamera
-        from hdrstream.cli import _sim_config
-
-        source = SimCamera(_sim_config(args))
+    source = open_camera(args)
     sender = Sender(args.out, bind=True)
     try:
         rc = _report("capture", run_source(source, sender, _stop_on_signals()))
