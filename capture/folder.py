@@ -111,6 +111,8 @@ def _sequence_entries(folder: Path) -> list[_Entry]:
 def _apply_headers(path: Path, entries: list[_Entry]) -> None:
     """Per-frame details from frames.jsonl, matched to exposures.txt by order."""
     lines = _lines(path)
+    if len(lines) == len(entries) + 1:  # a recorder killed between its two appends (headers go first)
+        lines = lines[:-1]
     if len(lines) != len(entries):
         raise FolderError(f"{path} has {len(lines)} header(s) but {EXPOSURES} lists {len(entries)} frame(s)")
     for entry, (lineno, line) in zip(entries, lines):
@@ -260,6 +262,28 @@ class FolderCamera:
             if e.set is not None:
                 cycle.setdefault(e.set, e.exposure_s)
         return tuple(cycle[k] for k in sorted(cycle))
+
+    def describe(self) -> dict[str, Any]:
+        """What this replay is, for a recording's session.json: the folder, its frames and
+        exposures, and the camera that recorded it if the folder has a session.json."""
+        formats = sorted({e.pixel_format for e in self._entries if e.pixel_format is not None})
+        info: dict[str, Any] = {
+            "camera": "folder",
+            "path": str(self.path.resolve()),
+            "layout": self.layout,
+            "stream": self.stream,
+            "frames": len(self._entries),
+            "pixel_formats": formats or None,  # None: inferred from the images when read
+            "exposure_cycle_s": list(self.exposure_cycle),
+            "fps": self.fps if self.realtime else None,  # None: as fast as frames are read
+        }
+        session = self.path / "session.json"  # written by capture.record
+        if session.is_file():
+            try:
+                info["recorded_by"] = json.loads(session.read_text(encoding="utf-8")).get("camera")
+            except (OSError, ValueError, AttributeError) as exc:
+                info["recorded_by"] = f"unreadable {session.name}: {exc}"
+        return info
 
     def frames(self) -> Iterator[Frame]:
         first: tuple[tuple[int, ...], np.dtype] | None = None

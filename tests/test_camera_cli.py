@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -85,3 +87,36 @@ def test_calibrate_refuses_a_folder_that_is_not_a_bracket(tmp_path, capsys):
     assert main(["calibrate", str(tmp_path / "crf.json"), "--from-folder", str(tmp_path / "seq")]) == 2
     assert "calibrate: error:" in capsys.readouterr().err
     assert not (tmp_path / "crf.json").exists()
+
+
+def test_record_from_the_emulator_reads_back(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYLON_CAMEMU", "1")
+    out = tmp_path / "rec"
+    assert main(["record", str(out), *EMU, "--frames", "6", "--no-progress"]) == 0
+    frames = list(FolderCamera(out).frames())
+    assert [f.seq for f in frames] == list(range(6)) and frames[0].pixel_format == "BayerRG8"
+    assert [round(f.exposure_s * 1e6) for f in frames] == [1000, 8000] * 3
+    session = json.loads((out / "session.json").read_text())
+    assert session["status"] == "complete" and session["camera"]["serial"] == "0815-0000"
+    assert main(["record", str(out), *EMU, "--frames", "2", "--no-progress"]) == 2  # never over a recording
+
+
+def test_record_stops_cleanly_on_sigterm(tmp_path):
+    out = tmp_path / "rec"
+    proc = subprocess.Popen([sys.executable, "-m", "hdrstream.cli", "record", str(out), "--width", "64", "--height",
+                             "48", "--frames", "100000", "--fps", "20", "--realtime", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            index = out / "exposures.txt"
+            if index.is_file() and len(index.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 130, proc.stdout.read()
+    finally:
+        proc.kill()
+    session = json.loads((out / "session.json").read_text())
+    assert session["status"] == "interrupted"
+    assert len(list(FolderCamera(out).frames())) == session["summary"]["frames_written"] >= 3

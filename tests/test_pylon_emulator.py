@@ -10,6 +10,9 @@ TlFactory use, so a per-test environment variable is enough (checked by the firs
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -163,3 +166,13 @@ def test_end_to_end_emulator_to_hdr_files_beats_the_reference_only_method(emulat
     classical = report["methods"]["classical"]["quality"]["psnr_mu_mean"]
     reference = report["methods"]["reference"]["quality"]["psnr_mu_mean"]
     assert classical > reference + 1.0, (classical, reference)
+
+
+def test_a_camera_dropped_without_close_does_not_crash_the_process():
+    """Regression: collecting an open PylonCamera segfaulted (its pylon event handler died first)."""
+    code = ("import gc\nfrom capture.pylon import PylonCamera, PylonConfig\n"
+            "c = PylonCamera(PylonConfig(emulator=True, width=64, height=48))\ndel c\ngc.collect()\n"
+            "c = PylonCamera(PylonConfig(emulator=True, width=64, height=48))\nprint('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYLON_CAMEMU": "1"},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -169,7 +169,7 @@ class PylonCamera:
         try:
             cam.Open()
         except Exception:
-            cam.DestroyDevice()
+            self._release(cam)
             raise
         self._cam, self._info = cam, info
         try:
@@ -473,11 +473,11 @@ class PylonCamera:
         cam, self._cam = self._cam, None
         if cam is None:
             return
-        for call in (cam.StopGrabbing, cam.DestroyDevice):
-            try:
-                call()
-            except Exception as exc:
-                log.debug("camera %s: %s during teardown: %s", self.serial, call.__name__, exc)
+        try:
+            cam.StopGrabbing()
+        except Exception as exc:
+            log.debug("camera %s: StopGrabbing during teardown: %s", self.serial, exc)
+        self._release(cam)
 
     # -- calibration bracket ----------------------------------------------------------------
 
@@ -594,10 +594,21 @@ class PylonCamera:
         except Exception as exc:  # a removed camera cannot be closed cleanly; nothing is lost
             log.debug("camera %s: error while closing: %s", self.serial, exc)
         finally:
+            self._release(cam)
+
+    def _release(self, cam: Any) -> None:
+        """Detach our Python event handler, then destroy the device: pylon calls the handler
+        while destroying, and a handler collected first would crash the process."""
+        for call in (lambda: cam.DeregisterConfiguration(self._handler), cam.DestroyDevice):
             try:
-                cam.DestroyDevice()
-            except Exception:
-                pass
+                call()
+            except Exception as exc:
+                log.debug("camera %s: error while releasing: %s", getattr(self, "serial", "?"), exc)
+
+    def __del__(self) -> None:
+        # a camera dropped without close() must still be released in order (see _release)
+        if getattr(self, "_cam", None) is not None:
+            self.close()
 
     def __enter__(self) -> PylonCamera:
         return self
