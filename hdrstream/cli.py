@@ -80,9 +80,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from capture.folder import FolderCamera
 
+    from capture.cameras import FirstFrames
+
     camera = FolderCamera(args.in_dir)
     gt_dir = Path(args.gt) if args.gt else camera.gt_dir
-    return _run_pipeline(camera, args, Path(args.out_dir), gt_dir, len(camera))
+    total = len(camera) if args.frames is None else min(args.frames, len(camera))
+    source = camera if args.frames is None else FirstFrames(camera, args.frames)
+    return _run_pipeline(source, args, Path(args.out_dir), gt_dir, total)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -191,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("in_dir")
     r.add_argument("out_dir")
     r.add_argument("--gt", default=None, help="ground-truth EXR folder (default IN_DIR/gt if present)")
+    r.add_argument("--frames", type=int, default=None, help="only the first N frames")
     _add_pipeline_args(r, compare_default="")
     r.set_defaults(func=cmd_reconstruct)
 
