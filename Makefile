@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install train-deps clean
+.PHONY: demo test bench install train-deps clean browser
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hdrstream demo --out out/demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# the live-preview test drives headless Chromium (Debian's chromium + chromium-driver)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	  echo "warning: could not install chromium; the browser test will say it did not run"
 
 bench: $(STAMP)
 	$(PY) bench/stages.py

@@ -117,6 +117,12 @@ def cmd_live(args: argparse.Namespace) -> int:
     return _run_pipeline(camera, args, out, gt_dir or getattr(camera, "gt_dir", None), total)
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from hdrstream.up import run
+
+    return run(args.config, args.workers, verbose=args.verbose)
+
+
 def cmd_record(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -244,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     t.add_argument("train_args", nargs=argparse.REMAINDER)
     t.set_defaults(func=cmd_train)
+
+    u = sub.add_parser("up", help="start every service of a deployment file as local processes (no Docker)")
+    u.add_argument("--config", default="deploy/hdrstream.toml", help="deployment TOML (default %(default)s)")
+    u.add_argument("--workers", type=int, default=None, help="inference workers (default: [graph] workers)")
+    u.set_defaults(func=cmd_up)
 
     from hdrstream.service import add_service_parsers
 

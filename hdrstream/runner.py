@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hdrstream.frame import Frame, eos
+from hdrstream.metrics import StageMetrics
 from hdrstream.stage import Source, Stage
 from hdrstream.transport import Receiver, Sender
 
@@ -30,19 +31,34 @@ class LoopStats:
     failure: str | None = None  # why a source stopped early, if it did
 
 
-def _send_all(frames, sender: Sender | None, stop: threading.Event, stats: LoopStats) -> None:
+def _send_all(frames, sender: Sender | None, stop: threading.Event, stats: LoopStats,
+              metrics: StageMetrics | None = None) -> None:
     if sender is None:
         return
-    for out in frames:
+    for i, out in enumerate(frames):
         if not sender.send(out, stop=stop):
             stats.errors["not sent (stopped)"] += 1
             log.warning("%s seq %d not sent: shutting down", out.kind, out.seq)
+            if metrics is not None:
+                metrics.drop("not_sent", len(frames) - i)
             return
         stats.sent += 1
+        if metrics is not None:
+            metrics.sent.inc()
 
 
-def run_source(source: Source, sender: Sender, stop: threading.Event, stats: LoopStats | None = None) -> LoopStats:
-    """Publish every frame of ``source``, then one eos carrying the count and any failure."""
+def run_source(
+    source: Source,
+    sender: Sender,
+    stop: threading.Event,
+    stats: LoopStats | None = None,
+    metrics: StageMetrics | None = None,
+) -> LoopStats:
+    """Publish every frame of ``source``, then one eos carrying the count and any failure.
+
+    ``metrics`` (optional) counts frames produced and sent, frames not sent at shutdown,
+    the time to produce each frame and, for host-clock frames, capture-to-sent latency.
+    """
     stats = stats or LoopStats()
     next_seq, first_seq, stream = 0, None, source.name
     frames = iter(source.frames())
@@ -54,12 +70,23 @@ def run_source(source: Source, sender: Sender, stop: threading.Event, stats: Loo
                 break
             # time to produce the frame: render/read/grab (includes real-time pacing waits)
             frame.meta.setdefault("timing", {}).setdefault("capture", time.perf_counter() - t0)
+            # when the camera handed it over, on the host's wall clock: end-to-end latency
+            # across processes (and machines with synchronised clocks)
+            frame.meta.setdefault("wall_ns", time.time_ns())
             stream, next_seq = frame.stream, frame.seq + 1
             first_seq = frame.seq if first_seq is None else first_seq
             stats.received += 1
+            if metrics is not None:
+                metrics.frames.inc()
+                metrics.processing.observe(time.perf_counter() - t0)
             if not sender.send(frame, stop=stop):
+                if metrics is not None:
+                    metrics.drop("not_sent")
                 break
             stats.sent += 1
+            if metrics is not None:
+                metrics.sent.inc()
+                metrics.observe_age(frame)
     except Exception as exc:  # a camera that vanishes or a folder that breaks mid-way
         stats.failure = f"{type(exc).__name__}: {exc}"
         log.error("source %s failed after %d frames: %s", source.name, stats.sent, stats.failure)
@@ -79,32 +106,66 @@ def run_stage(
     sender: Sender | None,
     stop: threading.Event,
     stats: LoopStats | None = None,
+    metrics: StageMetrics | None = None,
 ) -> LoopStats:
-    """Feed ``stage`` until eos (or ``stop``); errors on one frame never end the loop."""
+    """Feed ``stage`` until eos (or ``stop``); errors on one frame never end the loop.
+
+    ``metrics`` (optional) counts messages handled and sent, drops by reason (``malformed``
+    input, stage ``error``, ``not_sent`` at shutdown), the stage's time per message and,
+    for host-clock frames, capture-to-handled latency.
+    """
     stats = stats or LoopStats()
+    malformed = _MalformedWatch(receiver, metrics)
     while not stop.is_set():
         frame = receiver.recv(timeout_s=0.2)
+        malformed.update()
         if frame is None:
             continue
         stats.received += 1
         if frame.kind == "eos":
             # the stage sees the eos first (the sink learns the expected seq range), then flushes
-            _send_all(_guarded(lambda f=frame: [*stage.process(f), *stage.finish()], stage, frame, stats),
-                      sender, stop, stats)
+            _send_all(_guarded(lambda f=frame: [*stage.process(f), *stage.finish()], stage, frame, stats, metrics),
+                      sender, stop, stats, metrics)
             if sender is not None and not sender.send(frame, timeout_s=EOS_TIMEOUT_S):
                 log.error("%s: end of stream not delivered within %.0f s", stage.name, EOS_TIMEOUT_S)
             break
-        _send_all(_guarded(lambda f=frame: stage.process(f), stage, frame, stats), sender, stop, stats)
+        t0 = time.perf_counter()
+        outputs = _guarded(lambda f=frame: stage.process(f), stage, frame, stats, metrics)
+        if metrics is not None:
+            metrics.processing.observe(time.perf_counter() - t0)
+            metrics.frames.inc()
+            metrics.observe_age(frame)
+        _send_all(outputs, sender, stop, stats, metrics)
+    malformed.update()
     for reason, n in receiver.malformed.items():
         stats.errors[f"malformed: {reason}"] = n
     return stats
 
 
-def _guarded(call, stage: Stage, frame: Frame, stats: LoopStats) -> list[Frame]:
+class _MalformedWatch:
+    """Moves the receiver's malformed count into the metrics as it grows, not only at the end."""
+
+    def __init__(self, receiver: Receiver, metrics: StageMetrics | None) -> None:
+        self.receiver, self.metrics = receiver, metrics
+        self.seen = self._total()
+
+    def _total(self) -> int:
+        return sum(getattr(self.receiver, "malformed", {}).values()) if self.metrics is not None else 0
+
+    def update(self) -> None:
+        if self.metrics is not None:
+            total = self._total()
+            self.metrics.drop("malformed", total - self.seen)
+            self.seen = total
+
+
+def _guarded(call, stage: Stage, frame: Frame, stats: LoopStats, metrics: StageMetrics | None) -> list[Frame]:
     try:
         return list(call())
     except Exception as exc:
         reason = type(exc).__name__
         stats.errors[reason] += 1
         log.exception("%s failed on %s seq %d (%s); frame dropped", stage.name, frame.kind, frame.seq, exc)
+        if metrics is not None:
+            metrics.drop("error")
         return []

@@ -2,25 +2,42 @@
 
 Endpoints follow the CZMQ convention: ``@tcp://127.0.0.1:5550`` binds, ``>tcp://host:5550``
 connects, and a bare address takes the caller's default. ``inproc://`` endpoints carry the
-embedded pipeline between threads; ``tcp://`` the services. Senders block when the peer's
-high-water mark is reached (back-pressure), but always with a timeout so shutdown is prompt.
+embedded pipeline between threads; ``tcp://`` the services.
+
+What a sender does when the peer falls behind is an explicit policy:
+
+- ``block`` (default; recording, offline reconstruction): ``send`` waits once the peer's
+  high-water mark is reached — back-pressure, nothing dropped — but always with a stop
+  event or timeout so shutdown is prompt.
+- ``drop-oldest`` (live view): ``send`` never waits; frames go into a bounded queue that a
+  thread drains into the socket, and when it is full the oldest queued frame is dropped,
+  counted and logged with its seq, so what arrives is as fresh as possible. An eos is
+  never dropped.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from typing import TYPE_CHECKING
 
 import zmq
 
 from hdrstream.frame import Frame, ProtocolError, decode, encode
 
+if TYPE_CHECKING:
+    from hdrstream.metrics import StageMetrics
+
 log = logging.getLogger(__name__)
 
 DEFAULT_HWM = 8  # messages; a window of 5 float frames at 1536x813 is ~75 MB, so keep it small
+DEFAULT_QUEUE = 8  # frames a drop-oldest sender holds before it drops the oldest
+DROP_OLDEST_HWM = 1  # frames inside ZeroMQ cannot be dropped, only delivered late: keep few there
+POLICIES = ("block", "drop-oldest")
 POLL_MS = 100
 FLUSH_S = 10.0  # how long a finished stage or service waits for its last messages to leave
+DROP_LOG_S = 1.0  # drop-oldest: at most one log line per this long, naming every seq dropped
 
 
 def context() -> zmq.Context:
@@ -73,22 +90,70 @@ def _resolved(sock: zmq.Socket, endpoint: str) -> str:
 
 
 class Sender:
-    """PUSH side. ``send`` blocks under back-pressure until ``timeout_s``, then returns False."""
+    """PUSH side, with a policy for when the peer is behind (see the module docstring).
+
+    Args:
+        endpoint: ``@addr`` binds, ``>addr`` connects, a bare address follows ``bind``.
+        hwm: ZeroMQ send high-water mark (messages); default 8 for ``block`` and 1 for
+            ``drop-oldest`` (frames already inside ZeroMQ cannot be dropped, only delivered
+            late, so a live view keeps few there; the receiver's hwm adds to it).
+        policy: ``block`` (wait, drop nothing) or ``drop-oldest`` (never wait, drop stale frames).
+        queue: drop-oldest only: frames held before the oldest is dropped.
+        metrics: optional :class:`hdrstream.metrics.StageMetrics`; drop-oldest reports its
+            queue depth and ``dropped_frames_total{reason="queue_full"}`` there.
+
+    Attributes:
+        sent: messages handed to ZeroMQ. dropped: frames dropped (drop-oldest: queue full,
+        or still queued when ``close`` gave up on them).
+    """
 
     def __init__(
         self,
         endpoint: str,
         bind: bool = True,
-        hwm: int = DEFAULT_HWM,
+        hwm: int | None = None,
         ctx: zmq.Context | None = None,
+        policy: str = "block",
+        queue: int = DEFAULT_QUEUE,
+        metrics: StageMetrics | None = None,
     ):
+        if policy not in POLICIES:
+            raise ValueError(f"unknown sending policy {policy!r}; use one of {POLICIES}")
+        if policy == "drop-oldest" and queue < 1:
+            raise ValueError(f"a drop-oldest sender needs a queue of at least 1 frame, got {queue}")
+        self.policy, self.metrics = policy, metrics
+        if hwm is None:
+            hwm = DROP_OLDEST_HWM if policy == "drop-oldest" else DEFAULT_HWM
         self.sock = _socket(zmq.PUSH, endpoint, bind, hwm, ctx)
         self.endpoint = _resolved(self.sock, endpoint)
         self.sent = 0
+        self.dropped = 0
+        self._thread: threading.Thread | None = None
+        if policy == "drop-oldest":
+            self._queue: deque[tuple[Frame, list]] = deque()
+            self._limit = queue
+            self._cond = threading.Condition()
+            self._closing = False
+            self._flush_until = 0.0
+            self._unlogged: list[int] = []
+            self._logged_at = 0.0
+            self._thread = threading.Thread(target=self._drain, name=f"sender {self.endpoint}", daemon=True)
+            self._thread.start()
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in a drop-oldest sender's queue (0 for ``block``)."""
+        return len(self._queue) if self._thread is not None else 0
 
     def send(self, frame: Frame, timeout_s: float | None = None, stop: threading.Event | None = None) -> bool:
-        """Send one frame; False if it could not leave within ``timeout_s`` or ``stop`` was set."""
+        """Send one frame; False if it could not leave within ``timeout_s`` or ``stop`` was set.
+
+        drop-oldest: queue it and return at once (True), dropping the oldest queued frame
+        if the queue is full; False only once the sender is closing.
+        """
         parts = encode(frame)
+        if self._thread is not None:
+            return self._enqueue(frame, parts)
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self.sock.poll(POLL_MS, zmq.POLLOUT):
@@ -102,7 +167,113 @@ class Sender:
 
     def close(self, flush_s: float = 0.0) -> None:
         """Close; ``flush_s`` > 0 lets queued messages (the final eos) leave first, bounded."""
-        self.sock.close(linger=int(flush_s * 1000))
+        if self._thread is None:
+            self.sock.close(linger=int(flush_s * 1000))
+            return
+        with self._cond:
+            self._closing = True
+            self._flush_until = time.monotonic() + flush_s
+            self._cond.notify_all()
+        self._thread.join(timeout=flush_s + 5.0)  # the thread gives up on its own at the deadline
+        self._log_drops(force=True)
+        if self._thread.is_alive():  # cannot happen short of a ZeroMQ hang; the socket is still its
+            log.error("%s: sender thread did not stop; socket left open", self.endpoint)
+            return
+        self.sock.close(linger=max(0, int((self._flush_until - time.monotonic()) * 1000)))
+
+    # -- drop-oldest ------------------------------------------------------------------------
+
+    def _enqueue(self, frame: Frame, parts: list) -> bool:
+        with self._cond:
+            if self._closing:
+                return False
+            if len(self._queue) >= self._limit:
+                self._drop_oldest(frame)
+            if frame.kind == "eos" or len(self._queue) < self._limit:
+                self._queue.append((frame, parts))
+            self._depth()
+            self._cond.notify()
+        self._log_drops()
+        return True
+
+    def _drop_oldest(self, incoming: Frame) -> None:
+        """Drop the oldest queued frame that is not an eos; with none, the incoming frame."""
+        for i, (queued, _) in enumerate(self._queue):
+            if queued.kind != "eos":
+                del self._queue[i]
+                self._count_drop(queued, "queue_full")
+                return
+        if incoming.kind != "eos":
+            self._count_drop(incoming, "queue_full")
+
+    def _count_drop(self, frame: Frame, reason: str) -> None:
+        self.dropped += 1
+        self._unlogged.append(frame.seq)
+        if self.metrics is not None:
+            self.metrics.drop(reason)
+
+    def _log_drops(self, force: bool = False) -> None:
+        with self._cond:
+            now = time.monotonic()
+            if not self._unlogged or (not force and now - self._logged_at < DROP_LOG_S):
+                return
+            seqs, self._unlogged, self._logged_at = self._unlogged, [], now
+        log.warning("%s: dropped %d frame(s), seq %s (policy drop-oldest, queue %d; %d dropped so far)",
+                    self.endpoint, len(seqs), _ranges(seqs), self._limit, self.dropped)
+
+    def _depth(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(len(self._queue))
+
+    def _drain(self) -> None:
+        """The sender thread: the only user of the socket while the sender is open."""
+        try:
+            while True:
+                with self._cond:
+                    while not self._queue and not self._closing:
+                        self._cond.wait()
+                    if not self._queue:
+                        return
+                    frame, parts = self._queue.popleft()
+                    self._depth()
+                if not self._send_queued(parts):
+                    with self._cond:
+                        lost = [frame, *(f for f, _ in self._queue)]
+                        self._queue.clear()
+                        self._depth()
+                        for f in lost:
+                            self._count_drop(f, "not_sent")
+                    log.error("%s: %d message(s) not sent before close (peer gone or too slow)",
+                              self.endpoint, len(lost))
+                    return
+                self._log_drops()
+        except Exception:  # a bug here must not leave frames silently stuck in the queue
+            log.exception("%s: sender thread failed; %d frame(s) still queued", self.endpoint, self.queued)
+            raise
+
+    def _send_queued(self, parts: list) -> bool:
+        """Hand one message to ZeroMQ; False once closing and the flush time is up."""
+        while True:
+            if self.sock.poll(POLL_MS, zmq.POLLOUT):
+                self.sock.send_multipart(parts, copy=False)
+                self.sent += 1
+                return True
+            if self._closing and time.monotonic() > self._flush_until:
+                return False
+
+
+def _ranges(seqs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``1-3, 7``: every dropped seq, compactly."""
+    out: list[str] = []
+    start = prev = seqs[0]
+    for s in [*seqs[1:], None]:
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if s is not None:
+            start = prev = s
+    return ", ".join(out)
 
 
 class Receiver:

@@ -12,6 +12,8 @@ from infer.reconstructor import make_reconstructor
 
 log = logging.getLogger(__name__)
 
+CARRIED = ("wall_ns", "clock")  # capture-time stamps the sink and metrics measure latency from
+
 
 class InferStage:
     """Runs the main method (and any ``compare`` methods, for side-by-side reports)."""
@@ -54,6 +56,7 @@ class InferStage:
                         "t_min": float(meta.get("t_min", min(exposures))),
                         "exposures": exposures,
                         "timing": {**meta.get("timing", {}), "infer": spent},
+                        **{k: meta[k] for k in CARRIED if k in meta},
                     },
                 )
             )

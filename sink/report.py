@@ -46,12 +46,13 @@ class Stats:
     def summary(self) -> dict[str, float | int]:
         if not self.n:
             return {"n": 0}
-        p50, p95 = np.percentile(self._sample, [50, 95])
+        p50, p95, p99 = np.percentile(self._sample, [50, 95, 99])
         return {
             "n": self.n,
             "mean": round(self.total / self.n, 3),
             "p50": round(float(p50), 3),
             "p95": round(float(p95), 3),
+            "p99": round(float(p99), 3),
             "max": round(self.peak, 3),
         }
 

@@ -37,8 +37,9 @@ from hdrstream.frame import Frame
 from sink.lanes import Lanes
 from sink.preview import ThumbnailSampler, VideoPreview, thumbnail, write_contact_sheet
 from sink.reorder import Released, Reorderer
-from sink.report import QualityTracker, Timings, summary_text
+from sink.report import QualityTracker, Stats, Timings, summary_text
 from sink.tonemap import ReinhardToneMapper
+from sink.web import PreviewServer
 from sink.writer import ExrWriter, safe_name, to_half
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ class SinkConfig:
     contact_sheet_frames: int = 16
     background: bool = True  # EXR / preview / metrics on their own threads (False: inline)
     max_pending: int = 8  # frames in flight on those threads before process() waits
+    web_port: int | None = None  # live browser preview (sink.web) on this port; 0 = any free port
+    web_host: str = "127.0.0.1"  # where the preview listens; anything else is explicit
 
 
 @dataclass
@@ -83,6 +86,7 @@ class _Item:
     rgb: np.ndarray  # float16 (H, W, 3), what is written to disk
     t_min: float | None
     timing: Any
+    web: dict[str, Any] | None = None  # what the live preview shows (None: no preview server)
 
 
 @dataclass
@@ -123,6 +127,8 @@ class Sink:
         self._eos_end: int | None = None
         self._eos_start: int | None = None
         self._stream_error: str | None = None  # why the source stopped early, from its eos
+        self._failed: list[int] = []  # seqs no inference worker could produce (eos "failed")
+        self._latency = Stats()  # ms from the camera handing a frame over to its HDR frame here
         self.frames_in = 0
         self.repaired = 0  # frames with non-finite values that were repaired
         self.dropped: Counter[str] = Counter()
@@ -132,6 +138,7 @@ class Sink:
         self._lock = threading.Lock()  # counters touched by the lanes
         self._lanes = Lanes(("exr", "preview", "metrics"), cfg.max_pending, cfg.background)
         self._process_ms = Timings()
+        self._web = PreviewServer(cfg.web_host, cfg.web_port) if cfg.web_port is not None else None
 
     # -- the Stage protocol ------------------------------------------------------------
 
@@ -166,6 +173,8 @@ class Sink:
             for r in m.reorder.flush(end=self._eos_end, start=self._eos_start):
                 self._emit(m, r)
         self._lanes.close()  # every queued EXR, preview and score is done after this
+        if self._web is not None:
+            self._web.close()
         if self._video is not None:
             self._video_path = self._video.close()
         try:
@@ -216,6 +225,8 @@ class Sink:
             "gaps": main.reorder.gaps if main else [],
             "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
             "stream_error": self._stream_error,
+            "failed_seqs": self._failed,  # also in gaps: given up after worker failures (see the dispatcher)
+            "latency_ms": self._latency.summary(),  # capture hand-over -> HDR frame at the sink
             "wall_s": round(wall, 4),
             "throughput_fps": round(main_out / wall, 3) if wall > 0 else 0.0,
             "timing_ms": {**(methods[self._main]["timing_ms"] if main else {}), **self._process_ms.summary()},
@@ -228,6 +239,7 @@ class Sink:
                 "contact_sheet": str(self._sheet_path) if self._sheet_path else None,
                 "report": str(self.out_dir / "report.json"),
             },
+            "preview_url": self._web.url if self._web is not None else None,
             "notes": NOTES,
         }
 
@@ -268,9 +280,12 @@ class Sink:
         if repaired:
             self.repaired += 1
             log.warning("sink: seq %d (%s) had %d non-finite value(s); repaired", frame.seq, method, repaired)
-        item = _Item(stem, rgb, _t_min(frame), frame.meta.get("timing"))
+        item = _Item(stem, rgb, _t_min(frame), frame.meta.get("timing"), _web_info(frame) if self._web else None)
         m = self._method(method)
         m.frames_in += 1
+        wall = frame.meta.get("wall_ns")
+        if method == self._main and isinstance(wall, int) and not isinstance(wall, bool) and wall > 0:
+            self._latency.add((time.time_ns() - wall) / 1e6)
         released = m.reorder.push(int(frame.seq), item)
         if released is None:
             log.warning("sink: duplicate seq %d for method %s ignored", frame.seq, method)
@@ -292,6 +307,10 @@ class Sink:
         if frame.meta.get("error"):
             self._stream_error = str(frame.meta["error"])
             log.error("sink: the stream ended early: %s", self._stream_error)
+        failed = frame.meta.get("failed")
+        if isinstance(failed, list) and all(isinstance(s, int) for s in failed):
+            self._failed = sorted(set(self._failed) | set(failed))
+            log.error("sink: %d frame(s) could not be produced by any inference worker: %s", len(failed), failed)
         log.info("sink: end of stream at seq %d (start %s)", end, self._eos_start)
 
     def _method(self, name: str) -> _Method:
@@ -306,6 +325,9 @@ class Sink:
     def _emit(self, m: _Method, r: Released[_Item]) -> None:
         """Queue one in-order (or late) frame's outputs on the lanes."""
         m.timings.add_seconds(r.item.timing)
+        if r.item.web is not None:  # counts read here, on the thread that changes them
+            with self._lock:
+                r.item.web.update(seq=r.seq, late=r.late, gaps=len(m.reorder.gaps), dropped=sum(self.dropped.values()))
         self._lanes.submit("exr", self._write_exr, m, r)
         if self.cfg.preview or self._video is not None or m.name == self._main:
             self._lanes.submit("preview", self._timed, m, "sink_preview", self._previews, m, r)
@@ -341,6 +363,7 @@ class Sink:
     def _previews(self, m: _Method, r: Released[_Item]) -> None:
         """Tone-mapped PNG, video frame, contact-sheet thumbnail (preview lane, seq order)."""
         in_video = m.name == self._main and not r.late
+        live = in_video and self._web is not None and r.item.web is not None
         rgb8 = None
         if self.cfg.preview or (in_video and self._video is not None):
             rgb8 = m.tonemap(r.item.rgb)
@@ -348,6 +371,11 @@ class Sink:
                 hdrio.write_png(self._dir_for(m.name) / "preview" / f"{r.item.stem}.png", rgb8)
             if in_video and self._video is not None:
                 self._video.write(rgb8)
+        if live:
+            if rgb8 is None:  # no PNG or video wanted: map a copy about as wide as the page shows
+                step = max(1, r.item.rgb.shape[1] // self._web.max_width)  # type: ignore[union-attr]
+                rgb8 = m.tonemap(np.ascontiguousarray(r.item.rgb[::step, ::step], np.float32))
+            self._web.publish(rgb8, r.item.web, hdr=r.item.rgb)  # type: ignore[union-attr, arg-type]
         if not in_video:
             return
         index = self._main_index
@@ -435,3 +463,14 @@ def _t_min(frame: Frame) -> float | None:
         if vals:
             return min(vals)
     return None
+
+
+def _web_info(frame: Frame) -> dict[str, Any]:
+    """What the live preview shows about a frame, taken when it arrives (see sink.web)."""
+    meta = frame.meta
+    return {
+        "stem": frame.stem, "stream": frame.stream, "method": meta.get("method"),
+        "exposures": meta.get("exposures"), "ref_exposure_s": frame.exposure_s,  # hdr carries its reference's
+        "t_ns": frame.t_ns, "wall_ns": meta.get("wall_ns"), "timing": meta.get("timing"),
+        "received_ns": time.time_ns(),
+    }

@@ -3,6 +3,7 @@ separate processes over tcp loopback. Real files, real sockets, tiny frames."""
 import json
 import os
 import socket
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -73,11 +74,14 @@ def test_stages_as_separate_services_over_tcp(tmp_path):
     procs = [
         start("sink", str(out), "--in", f"@tcp://127.0.0.1:{p3}"),
         start("infer", "--in", f">tcp://127.0.0.1:{p2}", "--out", f">tcp://127.0.0.1:{p3}"),
-        start("preprocess", "--in", f">tcp://127.0.0.1:{p1}", "--out", f"@tcp://127.0.0.1:{p2}"),
+        start("preprocess", "--in", f">tcp://127.0.0.1:{p1}", "--out", f"@tcp://127.0.0.1:{p2}",
+              "--sink", f">tcp://127.0.0.1:{p3}"),
         start("capture", "--camera", "sim", *TINY, "--frames", "6", "--out", f"@tcp://127.0.0.1:{p1}"),
     ]
     try:
-        codes = [p.wait(timeout=120) for p in reversed(procs)]
+        codes = [procs[i].wait(timeout=120) for i in (3, 2, 0)]  # capture, preprocess, sink end with the stream
+        procs[1].send_signal(signal.SIGTERM)  # a worker serves until told to stop, then drains
+        codes.append(procs[1].wait(timeout=60))
     finally:
         for p in procs:
             p.kill()

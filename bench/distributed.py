@@ -1,0 +1,114 @@
+"""Throughput and end-to-end latency: the distributed graph (`hdrstream up`, N workers, tcp
+loopback) against the embedded pipeline (one process, inproc), on the same simulated input.
+
+End-to-end latency is capture (host wall clock, stamped when the camera hands the frame
+over) to the sink having the HDR frame; p50/p99 over the stream. Throughput is HDR frames
+per second over the whole run, and the camera data rate it sustains (MB/s of raw frames).
+
+    .venv/bin/python bench/distributed.py [--sizes 1536x814,4096x2168] [--frames 48] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from capture.sim import SimCamera, SimConfig
+from hdrstream.pipeline import run_embedded
+from infer.stage import InferStage
+from preprocess.stage import PreprocessConfig, Preprocessor
+from sink.stage import Sink, SinkConfig
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def line(name: str, report: dict, wall: float, mb_per_frame: float) -> str:
+    n = report["frames_out"]
+    lat = report.get("latency_ms") or {}
+    fps = n / wall if wall > 0 else 0.0
+    return (f"  {name:<22} {n:4d} frames in {wall:6.1f} s: {fps:6.2f} frames/s, {fps * mb_per_frame:7.1f} MB/s in; "
+            f"latency p50 {lat.get('p50', float('nan')):8.1f} ms, p99 {lat.get('p99', float('nan')):8.1f} ms; "
+            f"gaps {len(report['gaps'])}")
+
+
+def embedded(cfg: SimConfig, out: Path) -> tuple[dict, float]:
+    sink = Sink(SinkConfig(out_dir=out, preview=False, video=False))
+    t0 = time.perf_counter()
+    run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage("classical"), sink])
+    wall = time.perf_counter() - t0
+    return json.loads((out / "report.json").read_text()), wall
+
+
+def distributed(cfg: SimConfig, out: Path, workers: int) -> tuple[dict, float]:
+    cap, work, snk = free_ports(3)
+    config = out.parent / f"{out.name}.toml"
+    config.write_text(f"""
+[graph]
+workers = {workers}
+capture_out = "@tcp://127.0.0.1:{cap}"
+preprocess_in = ">tcp://127.0.0.1:{cap}"
+work = "@tcp://127.0.0.1:{work}"
+worker_in = ">tcp://127.0.0.1:{work}"
+worker_out = ">tcp://127.0.0.1:{snk}"
+dispatch_sink = ">tcp://127.0.0.1:{snk}"
+sink_in = "@tcp://127.0.0.1:{snk}"
+capture_metrics_port = 0
+preprocess_metrics_port = 0
+sink_metrics_port = 0
+infer_metrics_port = 0
+[sim]
+width = {cfg.width}
+height = {cfg.height}
+frames = {cfg.frames}
+pixel_format = "{cfg.pixel_format}"
+realtime = {str(cfg.realtime).lower()}
+fps = {cfg.fps}
+[sink]
+out_dir = "{out}"
+preview = false
+video = false
+""")
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hdrstream.cli", "up", "--config", str(config)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    wall = time.perf_counter() - t0  # includes starting five Python processes (~1-2 s)
+    return json.loads((out / "report.json").read_text()), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1536x814,4096x2168", help="WxH list (Bayer needs even rows: 814)")
+    ap.add_argument("--frames", type=int, default=48)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--realtime", action="store_true", help="pace the camera at 30 fps (latency under load)")
+    a = ap.parse_args()
+    print(f"{os.cpu_count()} CPU cores; classical reconstructor; BayerRG8 2-exposure simulated camera; "
+          f"{a.frames} frames{' at 30 fps' if a.realtime else ' as fast as it renders'}")
+    for size in a.sizes.split(","):
+        w, h = (int(v) for v in size.split("x"))
+        cfg = SimConfig(width=w, height=h, frames=a.frames, pixel_format="BayerRG8", realtime=a.realtime, fps=30.0)
+        mb = w * h / 1e6
+        print(f"{w}x{h} ({mb:.1f} MB/frame raw)")
+        with tempfile.TemporaryDirectory() as tmp:
+            report, wall = embedded(cfg, Path(tmp) / "embedded")
+            print(line("embedded (1 process)", report, wall, mb))
+            report, wall = distributed(cfg, Path(tmp) / "distributed", a.workers)
+            print(line(f"up, {a.workers} workers (tcp)", report, wall, mb))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,417 @@
+"""Windows to N inference workers, in chunks, with nothing lost silently when a worker dies.
+
+The preprocess service hands its windows to a :class:`Dispatcher` (it quacks like a
+``Sender``). The dispatcher groups consecutive windows into chunks — a worker that gets
+frames i..i+c-1 reuses the coarse results it computed for the overlapping windows —
+and deals the chunks to the workers that announced themselves ready (ROUTER socket; the
+workers of :mod:`hdrstream.worker` connect with DEALER sockets). Workers send their HDR
+frames straight to the sink and tell the dispatcher when a chunk is done.
+
+Faults: a worker whose heartbeats stop (dead) or that holds a chunk too long (stalled)
+loses its chunks to the others; a chunk that fails ``retries`` times is given up and its
+seqs travel in the final eos as ``failed``, so the sink reports them as gaps with a
+reason. The eos goes from here straight to the sink once every chunk is done or given
+up, with ``count``/``first_seq`` of the windows, so the sink knows what it is owed.
+
+Wire format on the work socket (multipart, first part the message type)::
+
+    worker → dispatcher  READY {worker, slots} | HB {worker} | DONE {worker, chunk} | BYE {worker}
+    dispatcher → worker  WORK {chunk, seqs} header payload header payload …
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import msgpack
+import zmq
+
+from hdrstream.frame import Frame, ProtocolError, decode, encode
+from hdrstream.transport import FLUSH_S, Sender, context, parse_endpoint
+
+log = logging.getLogger(__name__)
+
+READY, HB, DONE, BYE, WORK = b"READY", b"HB", b"DONE", b"BYE", b"WORK"
+
+
+@dataclass
+class DispatchConfig:
+    """How work is dealt out and when a worker counts as lost (seconds)."""
+
+    chunk: int = 4  # consecutive windows per unit of work
+    prefetch: int = 1  # chunks waiting at a worker beyond the one it works on
+    heartbeat_s: float = 0.5  # how often workers say they are alive
+    dead_after_s: float = 5.0  # silence after which a worker is dead and its chunks move
+    chunk_timeout_s: float = 300.0  # a chunk not done in this long: its worker is stalled
+    retries: int = 2  # dispatches of a chunk beyond the first before its seqs are given up
+    queue_chunks: int = 8  # chunks waiting for a worker before preprocess is held back
+    no_worker_timeout_s: float = 0.0  # give up the rest when no worker is there this long (0: wait)
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1 or self.prefetch < 0 or self.retries < 0 or self.queue_chunks < 1:
+            raise ValueError("chunk and queue_chunks must be >= 1, prefetch and retries >= 0")
+        if not (self.heartbeat_s > 0 and self.dead_after_s > self.heartbeat_s and self.chunk_timeout_s > 0):
+            raise ValueError("need heartbeat_s > 0, dead_after_s > heartbeat_s, chunk_timeout_s > 0")
+
+
+@dataclass
+class _Chunk:
+    id: int
+    frames: list[Frame]
+    attempts: int = 0
+    worker: str | None = None
+    sent_at: float = 0.0
+
+    @property
+    def seqs(self) -> list[int]:
+        return [f.seq for f in self.frames]
+
+
+@dataclass
+class _Worker:
+    name: str
+    route: bytes
+    slots: int
+    last_seen: float
+    chunks: dict[int, _Chunk] = field(default_factory=dict)
+    leaving: bool = False  # said BYE: finishes what it has, gets nothing new
+    served: float = 0.0  # when it was last given a chunk
+
+
+@dataclass
+class DispatchStats:
+    chunks_sent: int = 0
+    chunks_done: int = 0
+    redispatched: int = 0
+    workers_lost: int = 0
+    failed_seqs: list[int] = field(default_factory=list)
+    malformed: int = 0
+
+
+class Dispatcher:
+    """Deals windows to workers; ``send``/``close`` as a :class:`hdrstream.transport.Sender`.
+
+    Args:
+        work: endpoint the workers connect to (bound here, e.g. ``@tcp://127.0.0.1:5551``).
+        sink: endpoint of the sink, for the final eos (e.g. ``>tcp://127.0.0.1:5552``).
+        cfg: dispatch settings. metrics: optional :class:`hdrstream.metrics.StageMetrics`.
+    """
+
+    def __init__(self, work: str, sink: str, cfg: DispatchConfig | None = None, metrics=None) -> None:
+        self.cfg = cfg or DispatchConfig()
+        self.metrics = metrics
+        self.stats = DispatchStats()
+        address, bind = parse_endpoint(work, True)
+        self._sock = context().socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a vanished worker is an error, not a black hole
+        try:
+            if bind:
+                self._sock.bind(address)
+            else:
+                self._sock.connect(address)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            raise OSError(f"dispatcher cannot {'bind' if bind else 'connect'} {address}: {exc}") from None
+        last = self._sock.getsockopt(zmq.LAST_ENDPOINT)
+        self.endpoint = last.decode() if last else address
+        self._sink_endpoint = sink
+        self._inbox: queue.Queue[Frame] = queue.Queue(maxsize=self.cfg.chunk * self.cfg.queue_chunks)
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._workers: dict[str, _Worker] = {}
+        self._pending: deque[_Chunk] = deque()
+        self._current: list[Frame] = []
+        self._next_id = 0
+        self._eos: Frame | None = None
+        self._windows = 0
+        self._first_seq: int | None = None
+        self._no_worker_since: float | None = None
+        self.sent = 0
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+        self._thread.start()
+
+    # -- the Sender interface (called from the stage loop's thread) -----------------------
+
+    def send(self, frame: Frame, timeout_s: float | None = None, stop: threading.Event | None = None) -> bool:
+        """Queue one window (or the eos); blocks while the workers are behind (back-pressure)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if self._done.is_set():
+                return False
+            try:
+                self._inbox.put(frame, timeout=0.1)
+                self.sent += 1
+                return True
+            except queue.Full:
+                pass
+            if (stop is not None and stop.is_set()) or (deadline is not None and time.monotonic() > deadline):
+                return False
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Until the eos went out (every chunk done or given up); False on timeout."""
+        return self._done.wait(timeout_s)
+
+    def close(self, flush_s: float = 0.0) -> None:
+        """Stop dealing, after waiting up to ``flush_s`` for a stream whose eos was sent to finish
+        (use :meth:`wait` first to wait for the workers as long as they take)."""
+        if flush_s > 0 and self.sent:
+            self._done.wait(flush_s)
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+
+    @property
+    def workers(self) -> int:
+        return sum(1 for w in self._workers.values() if not w.leaving)
+
+    # -- the dispatcher thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        sink = Sender(self._sink_endpoint, bind=False)
+        try:
+            while not self._stop.is_set():
+                self._receive()
+                self._take_inbox()
+                self._check_workers()
+                self._deal()
+                if self._eos is not None and not self._pending and not self._in_flight() and not self._current:
+                    self._finish(sink)
+                    return
+                self._gauges()
+        except Exception:
+            log.exception("dispatcher failed")
+            raise
+        finally:
+            sink.close(flush_s=FLUSH_S)
+            self._sock.close(linger=0)
+
+    def _receive(self) -> None:
+        if not self._sock.poll(20, zmq.POLLIN):
+            return
+        while True:
+            try:
+                parts = self._sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                route, kind, body = parts[0], parts[1], msgpack.unpackb(parts[2]) if len(parts) > 2 else {}
+                name = str(body["worker"])
+            except Exception:
+                self.stats.malformed += 1
+                log.warning("dispatcher: malformed message from a worker dropped")
+                self._count_drop("malformed")
+                continue
+            self._on_message(route, kind, name, body)
+
+    def _on_message(self, route: bytes, kind: bytes, name: str, body: dict) -> None:
+        now = time.monotonic()
+        w = self._workers.get(name)
+        if w is None and kind in (READY, HB, DONE):  # new, or back after being declared lost
+            slots = max(1, int(body.get("slots", 1 + self.cfg.prefetch)))
+            w = self._workers[name] = _Worker(name, route, slots, now)
+            log.info("dispatcher: worker %s %s (%d worker(s))", name,
+                     "ready" if kind == READY else "is back", self.workers)
+        if w is None:
+            return
+        w.route, w.last_seen = route, now
+        if kind == DONE:
+            chunk = w.chunks.pop(int(body.get("chunk", -1)), None)
+            if chunk is not None:
+                self.stats.chunks_done += 1
+                if self.metrics is not None:
+                    self.metrics.counter("chunks_done", "Chunks of windows finished by a worker").inc()
+        elif kind == BYE:
+            w.leaving = True
+            log.info("dispatcher: worker %s is leaving after %d chunk(s) in hand", name, len(w.chunks))
+            if not w.chunks:
+                del self._workers[name]
+
+    def _take_inbox(self) -> None:
+        while len(self._pending) < self.cfg.queue_chunks and self._eos is None:
+            try:
+                frame = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if frame.kind == "eos":
+                self._eos = frame
+                self._cut_chunk()
+                return
+            self._windows += 1
+            if self._first_seq is None:
+                self._first_seq = frame.seq
+            self._current.append(frame)
+            if len(self._current) >= self.cfg.chunk:
+                self._cut_chunk()
+
+    def _cut_chunk(self) -> None:
+        if self._current:
+            self._pending.append(_Chunk(self._next_id, self._current))
+            self._next_id += 1
+            self._current = []
+
+    def _deal(self) -> None:
+        """Each chunk to the least busy worker; ties go to the one served longest ago."""
+        while self._pending:
+            free = [w for w in self._workers.values() if not w.leaving and len(w.chunks) < w.slots]
+            if not free:
+                return
+            w = min(free, key=lambda w: (len(w.chunks), w.served))
+            chunk = self._pending.popleft()
+            if not self._send_chunk(w, chunk):
+                self._pending.appendleft(chunk)
+
+    def _send_chunk(self, w: _Worker, chunk: _Chunk) -> bool:
+        parts: list = [w.route, WORK, msgpack.packb({"chunk": chunk.id, "seqs": chunk.seqs})]
+        for f in chunk.frames:
+            parts.extend(encode(f))
+        try:
+            self._sock.send_multipart(parts, copy=False)
+        except zmq.ZMQError as exc:  # the worker's connection is gone
+            log.warning("dispatcher: worker %s unreachable (%s)", w.name, exc)
+            self._lose(w, "unreachable")
+            return False
+        chunk.attempts += 1
+        chunk.worker, chunk.sent_at = w.name, time.monotonic()
+        w.served = chunk.sent_at
+        w.chunks[chunk.id] = chunk
+        self.stats.chunks_sent += 1
+        return True
+
+    def _check_workers(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers.values()):
+            if now - w.last_seen > self.cfg.dead_after_s:
+                self._lose(w, f"no heartbeat for {now - w.last_seen:.1f} s")
+            elif any(now - c.sent_at > self.cfg.chunk_timeout_s for c in w.chunks.values()):
+                self._lose(w, f"a chunk not done in {self.cfg.chunk_timeout_s:.0f} s (stalled)")
+        if self._workers or (self._eos is None and not self._pending and not self._current):
+            self._no_worker_since = None
+        elif self._no_worker_since is None:
+            self._no_worker_since = now
+            log.warning("dispatcher: no inference worker; %d chunk(s) waiting", len(self._pending))
+        elif self.cfg.no_worker_timeout_s and now - self._no_worker_since > self.cfg.no_worker_timeout_s:
+            self._cut_chunk()
+            while self._pending:
+                self._give_up(self._pending.popleft(), "no inference worker")
+
+    def _lose(self, w: _Worker, why: str) -> None:
+        self._workers.pop(w.name, None)
+        self.stats.workers_lost += 1
+        chunks = sorted(w.chunks.values(), key=lambda c: c.id)
+        log.error("dispatcher: worker %s lost (%s); %d chunk(s) go to other workers", w.name, why, len(chunks))
+        if self.metrics is not None:
+            self.metrics.counter("workers_lost", "Inference workers declared dead or stalled").inc()
+        for chunk in reversed(chunks):  # oldest first, ahead of new work
+            if chunk.attempts > self.cfg.retries:
+                self._give_up(chunk, f"failed on {chunk.attempts} worker(s), last {w.name}: {why}")
+            else:
+                self.stats.redispatched += 1
+                self._pending.appendleft(chunk)
+
+    def _give_up(self, chunk: _Chunk, why: str) -> None:
+        self.stats.failed_seqs.extend(chunk.seqs)
+        log.error("dispatcher: seqs %s given up: %s", chunk.seqs, why)
+        self._count_drop("worker_failed", len(chunk.seqs))
+
+    def _in_flight(self) -> int:
+        return sum(len(w.chunks) for w in self._workers.values())
+
+    def _finish(self, sink: Sender) -> None:
+        assert self._eos is not None
+        meta = dict(self._eos.meta)
+        meta["count"] = self._windows
+        if self._first_seq is not None:
+            meta["first_seq"] = self._first_seq
+        if self.stats.failed_seqs:
+            meta["failed"] = sorted(self.stats.failed_seqs)
+        eos = Frame(kind="eos", stream=self._eos.stream, seq=self._eos.seq, t_ns=self._eos.t_ns,
+                    exposure_s=0.0, gain_db=0.0, pixel_format=self._eos.pixel_format, data=self._eos.data,
+                    meta=meta)
+        if not sink.send(eos, timeout_s=30.0):
+            log.error("dispatcher: the sink did not take the end of stream within 30 s")
+        log.info("dispatcher: stream done: %d window(s), %d chunk(s), %d re-dispatched, %d seq(s) given up",
+                 self._windows, self.stats.chunks_done, self.stats.redispatched, len(self.stats.failed_seqs))
+        self._done.set()
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.gauge("workers", "Inference workers connected").set(self.workers)
+            self.metrics.gauge("chunks_waiting", "Chunks waiting for a worker").set(len(self._pending))
+            self.metrics.gauge("chunks_in_flight", "Chunks at workers").set(self._in_flight())
+
+    def _count_drop(self, reason: str, n: int = 1) -> None:
+        if self.metrics is not None:
+            self.metrics.dropped.labels(reason=reason).inc(n)
+
+
+def decode_work(parts: list) -> tuple[int, list[Frame]]:
+    """A WORK message's (chunk id, windows); ProtocolError if it is malformed."""
+    try:
+        body = msgpack.unpackb(parts[1])
+        chunk = int(body["chunk"])
+    except Exception as exc:
+        raise ProtocolError(f"bad WORK message: {exc}") from None
+    frames = parts[2:]
+    if len(frames) % 2:
+        raise ProtocolError("WORK message: header without payload")
+    return chunk, [decode(frames[i:i + 2]) for i in range(0, len(frames), 2)]
+
+
+class EosHold:
+    """The sink's receiver when N workers feed it: holds the eos back until the frames it
+    announces have arrived (they come from other workers and may trail it), or until none
+    has come for ``grace_s``. Quacks like :class:`hdrstream.transport.Receiver`."""
+
+    def __init__(self, receiver, grace_s: float = 10.0) -> None:
+        self.receiver, self.grace_s = receiver, grace_s
+        self._seen: set[int] = set()
+        self._eos: Frame | None = None
+        self._last = time.monotonic()
+
+    @property
+    def malformed(self):
+        return self.receiver.malformed
+
+    @property
+    def endpoint(self) -> str:
+        return self.receiver.endpoint
+
+    def owed(self) -> list[int]:
+        """Seqs the held eos announces that have not arrived (nor been given up)."""
+        if self._eos is None:
+            return []
+        end, meta = self._eos.seq, self._eos.meta
+        first = meta.get("first_seq", max(0, end - int(meta.get("count", 0))))
+        failed = set(meta.get("failed", ()))
+        return [s for s in range(int(first), int(end)) if s not in self._seen and s not in failed]
+
+    def recv(self, timeout_s: float | None = None) -> Frame | None:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            if self._eos is not None:
+                idle = time.monotonic() - self._last
+                if not self.owed() or idle > self.grace_s:
+                    if self.owed():
+                        log.warning("sink: %d frame(s) announced by the eos never came (%.0f s without a frame)",
+                                    len(self.owed()), idle)
+                    eos, self._eos = self._eos, None
+                    return eos
+            wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - time.monotonic()))
+            frame = self.receiver.recv(timeout_s=wait)
+            if frame is not None:
+                self._last = time.monotonic()
+                if frame.kind == "eos" and self._eos is None:
+                    self._eos = frame
+                    continue
+                if frame.kind != "eos":
+                    self._seen.add(frame.seq)
+                return frame
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def close(self) -> None:
+        self.receiver.close()

@@ -1,0 +1,184 @@
+"""The headless deployment: `hdrstream up` with N workers, faults injected, nothing lost silently."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import msgpack
+import pytest
+import zmq
+
+from hdrstream import deploy
+from hdrstream.dispatch import DispatchConfig
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_config(tmp_path, frames: int, workers: int = 2, realtime: bool = True, width: int = 96, height: int = 64,
+                 **dispatch) -> tuple:
+    cap, work, sink, m_pre, m_sink = free_ports(5)
+    out = tmp_path / "out"
+    d = {"chunk": 4, "heartbeat_s": 0.2, "dead_after_s": 1.5, **dispatch}
+    text = f"""
+[graph]
+workers = {workers}
+capture_out = "@tcp://127.0.0.1:{cap}"
+preprocess_in = ">tcp://127.0.0.1:{cap}"
+work = "@tcp://127.0.0.1:{work}"
+worker_in = ">tcp://127.0.0.1:{work}"
+worker_out = ">tcp://127.0.0.1:{sink}"
+dispatch_sink = ">tcp://127.0.0.1:{sink}"
+sink_in = "@tcp://127.0.0.1:{sink}"
+sink_grace_s = 5.0
+capture_metrics_port = 0
+preprocess_metrics_port = {m_pre}
+sink_metrics_port = {m_sink}
+infer_metrics_port = 0
+[sim]
+width = {width}
+height = {height}
+frames = {frames}
+fps = 25.0
+realtime = {str(realtime).lower()}
+[preprocess]
+align = false
+[dispatch]
+{chr(10).join(f"{k} = {v}" for k, v in d.items())}
+[sink]
+out_dir = "{out}"
+preview = false
+video = false
+"""
+    path = tmp_path / "deploy.toml"
+    path.write_text(text)
+    return path, out, {"work": work, "sink": sink, "preprocess_metrics": m_pre, "sink_metrics": m_sink}
+
+
+def test_shipped_deployment_file_loads_and_env_overrides_it(monkeypatch):
+    dep = deploy.load("deploy/hdrstream.toml")
+    assert dep.graph.workers == 2 and dep.graph.sink_in.startswith("@tcp://127.0.0.1:")
+    monkeypatch.setenv("HDRSTREAM_GRAPH_WORKERS", "5")
+    monkeypatch.setenv("HDRSTREAM_DISPATCH_CHUNK", "8")
+    dep = deploy.load("deploy/hdrstream.toml")
+    assert dep.graph.workers == 5 and dep.dispatch.chunk == 8
+    monkeypatch.setenv("HDRSTREAM_GRAPH_CAMERA", "webcam")
+    with pytest.raises(ValueError, match="camera"):
+        deploy.load("deploy/hdrstream.toml")
+
+
+def test_bad_deployment_files_are_clear_errors(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[graph]\nworkerz = 2\n")
+    with pytest.raises(ValueError, match="workerz"):
+        deploy.load(bad)
+    bad.write_text("[grpah]\n")
+    with pytest.raises(ValueError, match="grpah"):
+        deploy.load(bad)
+    with pytest.raises(ValueError):
+        DispatchConfig(dead_after_s=0.1, heartbeat_s=0.5)
+
+
+def exr_stems(out) -> list[str]:
+    return sorted(p.stem for p in out.glob("*.exr"))
+
+
+def inject_malformed(ports: dict) -> None:
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)  # into the sink: not the frame protocol
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(f"tcp://127.0.0.1:{ports['sink']}")
+    push.send_multipart([b"\x93garbage", b"12345"])
+    push.send_multipart([msgpack.packb({"v": 99, "kind": "hdr"}), b""])
+    dealer = ctx.socket(zmq.DEALER)  # into the dispatcher: not a worker message
+    dealer.setsockopt(zmq.LINGER, 2000)
+    dealer.connect(f"tcp://127.0.0.1:{ports['work']}")
+    dealer.send_multipart([b"READY", b"\xc1not msgpack"])
+    time.sleep(0.3)
+    push.close()
+    dealer.close()
+
+
+def scrape(port: int) -> dict[str, float]:
+    """name{labels} -> value of a Prometheus text page, or {} if it does not answer."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
+    frames = 90
+    # as fast as the CPU goes, frames big enough that the workers always hold chunks
+    config, out, ports = write_config(tmp_path, frames, realtime=False, width=480, height=272)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    up = subprocess.Popen([sys.executable, "-m", "hdrstream.cli", "-v", "up", "--config", str(config)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
+    reader.start()
+    pre, snk = {}, {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(exr_stems(out)) < 8 and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.05)
+        assert up.poll() is None, "the stream ended before the fault could be injected"
+        workers = subprocess.run(["pgrep", "-f", f"serve infer --worker-index 0 --config {config}"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1, workers
+        os.kill(int(workers[0]), signal.SIGKILL)  # mid-stream, with chunks in hand
+        inject_malformed(ports)
+        # the metrics, while the services still run
+        lost = "hdrstream_dispatch_workers_lost_total"
+        malformed = 'hdrstream_sink_dropped_frames_total{reason="malformed"}'
+        while up.poll() is None and not (pre.get(lost, 0) >= 1 and snk.get(malformed, 0) >= 2):
+            pre = scrape(ports["preprocess_metrics"]) or pre
+            snk = scrape(ports["sink_metrics"]) or snk
+            time.sleep(0.1)
+        rc = up.wait(timeout=180)
+        reader.join(10)
+        log = "".join(lines)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert rc == 0, log
+    assert "infer-0 killed by SIGKILL" in log, log
+    # the metrics counted what happened
+    assert pre.get(lost, 0) >= 1, (pre, log)
+    assert pre.get('hdrstream_dispatch_dropped_frames_total{reason="malformed"}', 0) >= 1, pre
+    assert snk.get(malformed, 0) >= 2, snk
+    assert pre.get("hdrstream_preprocess_frames_total", 0) > 8 and snk.get("hdrstream_sink_frames_total", 0) > 8
+    report = json.loads((out / "report.json").read_text())
+    written = exr_stems(out)
+    gaps = report["gaps"]
+    # every seq is written exactly once or listed as a gap
+    assert sorted([int(s) for s in written] + gaps) == list(range(frames)), (written, gaps)
+    assert not list(out.glob("*.tmp*")) and not list(out.glob(".*"))  # no partial files
+    assert report["expected"] == {"first_seq": 0, "end_seq": frames}
+    assert report["frames_out"] == len(written)
+    # the survivor did the rest: the chunks in the dead worker's hands were dealt again
+    assert gaps == [] and report["failed_seqs"] == [], log
+    assert "malformed" in log
