@@ -112,7 +112,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
-                                 flow=cfg.flow)
+                                 flow=cfg.flow, weight_prior=cfg.weight_prior)
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)
@@ -142,8 +142,7 @@ class Trainer:
             state = torch.load(p, map_location="cpu", weights_only=True)["model"]
         else:
             src = load_weights(p)
-            if (src.cfg.exposures, src.cfg.width, src.cfg.deform_groups, src.cfg.flow) != (
-                    self.net_cfg.exposures, self.net_cfg.width, self.net_cfg.deform_groups, self.net_cfg.flow):
+            if src.cfg != self.net_cfg:
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state = src.state_dict()
         self.model.load_state_dict(state)

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import check_shape, ldr_to_hdr
+from infer.net.ops import check_shape, exposure_prior, ldr_to_hdr
 from infer.net.weights import WeightNet
 
 
@@ -25,16 +25,19 @@ class CoarseNet(nn.Module):
         width: channel multiplier.
         learned_flow: the paper's flow network (True), or none: every call then passes
             external flows, e.g. exposure-matched DIS (design §4's variant).
+        weight_prior: the weight network corrects the classical merge's weights instead of
+            predicting them from nothing (see ``infer.net.weights``).
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
-    def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True) -> None:
+    def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True,
+                 weight_prior: bool = False) -> None:
         super().__init__()
         self.exposures = exposures
         self.frames = 2 * exposures - 1
         self.flow = SpyFlowNet(exposures, width) if learned_flow else None
-        self.weight = WeightNet(2 * self.frames - 1, width)
+        self.weight = WeightNet(2 * self.frames - 1, width, prior=weight_prior)
 
     def forward(
         self, ldr: Tensor, expo: Tensor, flows: Tensor | None = None, return_aux: bool = False
@@ -69,7 +72,8 @@ class CoarseNet(nn.Module):
         t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
         hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
         x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
-        hdr, weights = self.weight(x, hdrs)
+        prior = exposure_prior(images, t) if self.weight.prior else None
+        hdr, weights = self.weight(x, hdrs, prior)
         if return_aux:
             return {"hdr": hdr, "flows": flows, "weights": weights}
         return hdr

@@ -47,6 +47,8 @@ class NetConfig:
             as in the reference code (False).
         flow: CoarseNet's alignment: "learned" (the paper's SPyNet-style network) or "dis"
             (exposure-matched DIS flows from ``infer.classical``, passed in; design §4).
+        weight_prior: CoarseNet's weights correct the classical merge's exposure/saturation
+            weights (True) or are the paper's plain sigmoid outputs (False).
     """
 
     exposures: int = 2
@@ -54,6 +56,7 @@ class NetConfig:
     deform_groups: int = 8
     refine_mulaw_input: bool = True
     flow: str = "learned"
+    weight_prior: bool = True
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -105,7 +108,8 @@ class HDRNet(nn.Module):
     def __init__(self, cfg: NetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or NetConfig()
-        self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned")
+        self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
+                                weight_prior=cfg.weight_prior)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input)
         self.meta: dict = {}  # filled by load_weights
 

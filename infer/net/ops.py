@@ -69,6 +69,24 @@ def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
     return torch.log1p(mu * hdr.clamp(min=0.0)) / math.log1p(mu)
 
 
+def exposure_prior(ldr: Tensor, expo: Tensor, start: float = 0.85, end: float = 0.97,
+                   floor: float = 1e-3) -> Tensor:
+    """Prior blending weight of each image: ``t`` (shot-noise SNR) times a smooth roll-off to
+    ``floor`` as the brightest channel nears saturation — the classical merge's weight.
+
+    Args:
+        ldr: (..., 3, H, W) gamma-2.2 values. expo: exposure times broadcastable against
+            ``ldr.shape[:-3]``.
+
+    Returns:
+        (..., 1, H, W), no gradient (a fixed heuristic the weight network corrects).
+    """
+    with torch.no_grad():
+        x = ((end - ldr.amax(dim=-3, keepdim=True)) / (end - start)).clamp(0.0, 1.0)
+        t = expo.to(ldr.dtype)[(...,) + (None,) * 3]
+        return (x * x * (3.0 - 2.0 * x) + floor) * t
+
+
 def low_ramp(ldr: Tensor) -> Tensor:
     """1 for L ≥ 0.15, (L/0.15)² below (paper eq. 5)."""
     return (ldr / LOW).clamp(0.0, 1.0).square()

@@ -15,6 +15,13 @@ Encoder 64, 64/s2, 128, 128/s2, 256, 256/s2 and a decoder of three ×2 transpose
 feature of the same resolution before each decoder conv (a U-Net), so the full-resolution
 weights follow image edges (saturation boundaries, motion boundaries) instead of being
 upsampled from 1/8 resolution — at a similar parameter count (~2.4 M at width 1).
+
+With ``prior`` (``NetConfig.weight_prior``, our default) the sigmoid output multiplies a
+fixed per-image prior, the classical merge's weight (exposure time × saturation roll-off,
+``ops.exposure_prior``): the network then learns a correction — ghost rejection, where to
+trust the unwarped neighbours, denoising of the blend — instead of rediscovering from
+scratch that a long exposure is eight times less noisy. Unwarped neighbours start at a low
+weight (bias −3). Same parameters; the paper's plain sigmoid weights are ``prior=False``.
 """
 from __future__ import annotations
 
@@ -51,9 +58,10 @@ class WeightNet(nn.Module):
 
     multiple = 8
 
-    def __init__(self, images: int = 5, width: float = 1.0) -> None:
+    def __init__(self, images: int = 5, width: float = 1.0, prior: bool = False) -> None:
         super().__init__()
         self.images = images
+        self.prior = prior
         c_in, c_out = 6 * images, 3 * images
         c1, c2, c3 = scaled(64, width), scaled(128, width), scaled(256, width)
         c0 = scaled(32, width)
@@ -71,13 +79,17 @@ class WeightNet(nn.Module):
         self.dec2 = nn.Conv2d(c1 + c2, c1, 3, 1, 1)
         self.up1 = nn.ConvTranspose2d(c1, c0, 4, 2, 1)
         self.conv_last = nn.Conv2d(c0 + c1, c_out, 3, 1, 1)
+        if prior:
+            with torch.no_grad():  # images: centre, (n-1)/2 warped, (n-1)/2 unwarped
+                self.conv_last.bias[3 * (images + 1) // 2 :] = -3.0
 
-    def forward(self, x: Tensor, hdrs: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, hdrs: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Predict weights and blend.
 
         Args:
             x: (b, 6·n, H, W) per image [linear HDR, LDR], images in ``hdrs`` order.
             hdrs: (b, n, 3, H, W) linear HDRs to blend.
+            prior: (b, n, 1 or 3, H, W) prior weights; required when built with ``prior``.
 
         Returns:
             hdr (b, 3, H, W) and the normalised weights (b, n, 3, H, W).
@@ -90,4 +102,8 @@ class WeightNet(nn.Module):
         feat = lrelu(self.dec2(torch.cat((lrelu(self.up2(feat)), feat_l2), dim=1)))  # (b, c1, H/2, W/2)
         logits = self.conv_last(torch.cat((lrelu(self.up1(feat)), feat_l1), dim=1))  # (b, 3·n, H, W)
         weights = torch.sigmoid(logits).reshape(hdrs.shape)
+        if self.prior:
+            if prior is None:
+                raise ValueError("WeightNet: built with a prior; pass prior weights")
+            weights = weights * prior
         return merge_hdr(weights, hdrs)
