@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import check_shape, exposure_prior, ldr_to_hdr
+from infer.net.ops import check_shape, merge_prior, ldr_to_hdr
 from infer.net.weights import WeightNet
 
 
@@ -72,7 +72,7 @@ class CoarseNet(nn.Module):
         t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
         hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
         x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
-        prior = exposure_prior(images, t) if self.weight.prior else None
+        prior = merge_prior(images, t) if self.weight.prior else None
         hdr, weights = self.weight(x, hdrs, prior)
         if return_aux:
             return {"hdr": hdr, "flows": flows, "weights": weights}

@@ -69,22 +69,37 @@ def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
     return torch.log1p(mu * hdr.clamp(min=0.0)) / math.log1p(mu)
 
 
-def exposure_prior(ldr: Tensor, expo: Tensor, start: float = 0.85, end: float = 0.97,
-                   floor: float = 1e-3) -> Tensor:
-    """Prior blending weight of each image: ``t`` (shot-noise SNR) times a smooth roll-off to
-    ``floor`` as the brightest channel nears saturation — the classical merge's weight.
+def merge_prior(images: Tensor, expo: Tensor, sat_start: float = 0.85, sat_end: float = 0.97,
+                ghost_tol: float = 0.015, fallback: float = 1e-3) -> Tensor:
+    """The classical merge's blending weights (``infer.classical``), as a prior for CoarseNet.
+
+    Image j's weight is ``t_j`` (shot-noise SNR) × a smooth roll-off as its brightest channel
+    nears saturation × (for j > 0) its agreement with image 0, the reference: both brought
+    to the brighter exposure, a 3×3 mean of the grey difference, ``exp(-(d/tol)²)`` with the
+    tolerance widened by the darker frame's amplified noise. ``fallback`` keeps some weight
+    everywhere so that the network can undo a rejection.
 
     Args:
-        ldr: (..., 3, H, W) gamma-2.2 values. expo: exposure times broadcastable against
-            ``ldr.shape[:-3]``.
+        images: (b, n, 3, H, W) gamma-2.2 LDRs, the reference first. expo: (b, n) their
+            exposure times.
 
     Returns:
-        (..., 1, H, W), no gradient (a fixed heuristic the weight network corrects).
+        (b, n, 1, H, W), no gradient (a fixed heuristic the weight network corrects).
     """
     with torch.no_grad():
-        x = ((end - ldr.amax(dim=-3, keepdim=True)) / (end - start)).clamp(0.0, 1.0)
-        t = expo.to(ldr.dtype)[(...,) + (None,) * 3]
-        return (x * x * (3.0 - 2.0 * x) + floor) * t
+        ldr = images.clamp(0.0, 1.0)
+        x = ((sat_end - ldr.amax(dim=2, keepdim=True)) / (sat_end - sat_start)).clamp(0.0, 1.0)
+        t = expo.to(ldr.dtype)[..., None, None, None]  # (b, n, 1, 1, 1)
+        prior = x * x * (3.0 - 2.0 * x) * t
+        grey = (ldr * ldr.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(dim=2, keepdim=True)
+        bright = torch.maximum(t, t[:, :1])
+        a = (grey[:, :1] * (bright / t[:, :1]).pow(1.0 / GAMMA)).clamp(max=1.0)
+        b = (grey * (bright / t).pow(1.0 / GAMMA)).clamp(max=1.0)
+        d = F.avg_pool2d((a - b).abs().flatten(0, 1), 3, 1, 1, count_include_pad=False).view_as(b)
+        gain = 0.5 + 0.5 * (bright / torch.minimum(t, t[:, :1])).pow(1.0 / GAMMA)
+        agree = torch.exp(-(d / (ghost_tol * gain)).square())
+        agree[:, 0] = 1.0
+        return prior * (agree + fallback) + fallback / t  # all clipped: the shortest wins
 
 
 def low_ramp(ldr: Tensor) -> Tensor:

@@ -17,11 +17,12 @@ weights follow image edges (saturation boundaries, motion boundaries) instead of
 upsampled from 1/8 resolution — at a similar parameter count (~2.4 M at width 1).
 
 With ``prior`` (``NetConfig.weight_prior``, our default) the sigmoid output multiplies a
-fixed per-image prior, the classical merge's weight (exposure time × saturation roll-off,
-``ops.exposure_prior``): the network then learns a correction — ghost rejection, where to
-trust the unwarped neighbours, denoising of the blend — instead of rediscovering from
-scratch that a long exposure is eight times less noisy. Unwarped neighbours start at a low
-weight (bias −3). Same parameters; the paper's plain sigmoid weights are ``prior=False``.
+fixed per-image prior, the classical merge's weight (exposure time × saturation roll-off ×
+agreement with the reference, ``ops.merge_prior``): the network starts as the classical
+merge and learns corrections to it, instead of rediscovering from scratch that a long
+exposure is eight times less noisy and that a moving object must not be blended in. Unwarped neighbours start at a low
+weight (bias −3) and the last conv starts near zero, so an untrained network is the
+classical merge. Same parameters; the paper's plain sigmoid weights are ``prior=False``.
 """
 from __future__ import annotations
 
@@ -80,7 +81,9 @@ class WeightNet(nn.Module):
         self.up1 = nn.ConvTranspose2d(c1, c0, 4, 2, 1)
         self.conv_last = nn.Conv2d(c0 + c1, c_out, 3, 1, 1)
         if prior:
-            with torch.no_grad():  # images: centre, (n-1)/2 warped, (n-1)/2 unwarped
+            with torch.no_grad():  # start as the prior; images: centre, warped, unwarped
+                self.conv_last.weight.mul_(0.01)
+                self.conv_last.bias.zero_()
                 self.conv_last.bias[3 * (images + 1) // 2 :] = -3.0
 
     def forward(self, x: Tensor, hdrs: Tensor, prior: Tensor | None = None) -> tuple[Tensor, Tensor]:
