@@ -6,6 +6,7 @@ parameter count), never run.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -127,6 +128,55 @@ def test_coarse_net_with_given_flows_and_aux():
     # zero flow: the warped neighbours are the neighbours, so the blend uses only real pixels
     hdrs = ldr_to_hdr(ldr_c, expo_c)
     assert (aux["hdr"] <= hdrs.amax(dim=1) + 1e-6).all() and (aux["hdr"] >= hdrs.amin(dim=1) - 1e-6).all()
+
+
+def render(hdr: torch.Tensor, t: float) -> torch.Tensor:
+    """Noise-free gamma-2.2 LDR of a linear scene exposed for t (clipped)."""
+    return (hdr * t).clamp(0.0, 1.0).pow(1.0 / 2.2)
+
+
+def scene_window(times: tuple[float, ...], ghost: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A static scene spanning 1e-4..1 seen at ``times`` (centre in the middle); with ``ghost``
+    a bright object sits in every neighbour but not in the centre."""
+    g = torch.Generator().manual_seed(3)
+    hdr = torch.exp(torch.empty(1, 3, SIZE, SIZE).uniform_(math.log(1e-4), 0.0, generator=g))
+    frames = []
+    for j, t in enumerate(times):
+        scene = hdr.clone()
+        if ghost and j != len(times) // 2:
+            scene[..., 8:20, 8:20] = 0.05
+        frames.append(render(scene, t))
+    return torch.stack(frames, dim=1), torch.tensor([times]), hdr
+
+
+@pytest.mark.parametrize("times", [(8.0, 1.0, 8.0), (1.0, 8.0, 1.0), (4.0, 16.0, 1.0, 4.0, 16.0)])
+def test_untrained_coarse_with_prior_merges_like_the_classical_merge(times):
+    """The weight prior: unsaturated long exposures dominate, clipped pixels come from the
+    shortest frame, so a static, noise-free scene comes back almost exactly before training."""
+    torch.manual_seed(0)
+    ldr, expo, hdr = scene_window(times)
+    flows = torch.zeros(1, len(times) - 1, 2, SIZE, SIZE)
+    plain = CoarseNet(exposures=(len(times) + 1) // 2, width=0.25)
+    prior = CoarseNet(exposures=(len(times) + 1) // 2, width=0.25, weight_prior=True)
+    with torch.no_grad():
+        err_prior = (mu_law(prior(ldr, expo, flows)) - mu_law(hdr)).abs().max()
+        err_plain = (mu_law(plain(ldr, expo, flows)) - mu_law(hdr)).abs().max()
+    assert err_prior < 0.02 < err_plain, (err_prior, err_plain)
+
+
+def test_untrained_coarse_with_prior_rejects_a_ghost():
+    """An object only the neighbours see is not blended in: there the centre is kept."""
+    torch.manual_seed(0)
+    ldr, expo, hdr = scene_window((8.0, 1.0, 8.0), ghost=True)
+    coarse = CoarseNet(exposures=2, width=0.25, weight_prior=True)
+    with torch.no_grad():
+        out = coarse(ldr, expo, torch.zeros(1, 2, 2, SIZE, SIZE))
+    centre = ldr_to_hdr(ldr[:, 1], expo[:, 1])
+    box = (..., slice(10, 18), slice(10, 18))
+    blended = (centre + 8.0 * 0.05) / 9.0  # what an SNR-weighted merge that kept the ghost gives
+    err = (mu_law(out[box]) - mu_law(centre[box])).abs().mean()
+    err_blended = (mu_law(blended[box]) - mu_law(centre[box])).abs().mean()
+    assert err < 0.25 * err_blended, (err, err_blended)
 
 
 # -- gradients -------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = 0.85, sat_end: 
         gain = 0.5 + 0.5 * (bright / torch.minimum(t, t[:, :1])).pow(1.0 / GAMMA)
         agree = torch.exp(-(d / (ghost_tol * gain)).square())
         agree[:, 0] = 1.0
-        return prior * (agree + fallback) + fallback / t  # all clipped: the shortest wins
+        return prior * (agree + fallback) + fallback / t**4  # all clipped: the shortest wins
 
 
 def low_ramp(ldr: Tensor) -> Tensor:
