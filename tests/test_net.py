@@ -179,6 +179,21 @@ def test_untrained_coarse_with_prior_rejects_a_ghost():
     assert err < 0.25 * err_blended, (err, err_blended)
 
 
+def test_untrained_residual_refine_returns_the_coarse_hdr():
+    """RefineNet as a μ-law correction starts at the centre's coarse HDR; the paper's sigmoid
+    output starts near 0.5 everywhere."""
+    from infer.net.refine import RefineNet
+
+    torch.manual_seed(0)
+    coarse3 = torch.exp(torch.empty(2, 3, 3, SIZE, SIZE).uniform_(math.log(1e-4), 0.0))
+    expo3 = torch.tensor([[8.0, 1.0, 8.0], [1.0, 8.0, 1.0]])
+    with torch.no_grad():
+        residual = RefineNet(width=0.25, residual=True)(coarse3, expo3)
+        plain = RefineNet(width=0.25)(coarse3, expo3)
+    assert (mu_law(residual) - mu_law(coarse3[:, 1])).abs().max() < 0.02
+    assert (mu_law(plain) - mu_law(coarse3[:, 1])).abs().mean() > 0.1
+
+
 # -- gradients -------------------------------------------------------------------------------
 
 

@@ -105,6 +105,7 @@ class TrainConfig:
     deform_groups: int = 8
     flow: str = "learned"  # NetConfig.flow: "learned" (the paper's) or "dis" (design §4's variant)
     weight_prior: bool = True  # NetConfig.weight_prior: weights correct the classical merge's
+    refine_residual: bool = True  # NetConfig.refine_residual: RefineNet corrects the coarse HDR
     steps: int = 40_000  # total optimiser steps of this stage
     batch_size: int = 8
     lr: float = 1e-4

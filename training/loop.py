@@ -112,7 +112,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
-                                 flow=cfg.flow, weight_prior=cfg.weight_prior)
+                                 flow=cfg.flow, weight_prior=cfg.weight_prior,
+                                 refine_residual=cfg.refine_residual)
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)

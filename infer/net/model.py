@@ -49,6 +49,8 @@ class NetConfig:
             (exposure-matched DIS flows from ``infer.classical``, passed in; design §4).
         weight_prior: CoarseNet's weights correct the classical merge's exposure/saturation
             weights (True) or are the paper's plain sigmoid outputs (False).
+        refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
+            (True) or the paper's sigmoid of linear HDR (False).
     """
 
     exposures: int = 2
@@ -57,6 +59,7 @@ class NetConfig:
     refine_mulaw_input: bool = True
     flow: str = "learned"
     weight_prior: bool = True
+    refine_residual: bool = True
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -110,7 +113,8 @@ class HDRNet(nn.Module):
         self.cfg = cfg = cfg or NetConfig()
         self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
                                 weight_prior=cfg.weight_prior)
-        self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input)
+        self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
+                                residual=cfg.refine_residual)
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------

@@ -69,6 +69,11 @@ def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
     return torch.log1p(mu * hdr.clamp(min=0.0)) / math.log1p(mu)
 
 
+def inverse_mu_law(t: Tensor, mu: float = MU) -> Tensor:
+    """Linear HDR of a μ-law value: ``((1 + μ)^t - 1) / μ``."""
+    return torch.expm1(t * math.log1p(mu)) / mu
+
+
 def merge_prior(images: Tensor, expo: Tensor, sat_start: float = 0.85, sat_end: float = 0.97,
                 ghost_tol: float = 0.015, fallback: float = 1e-3) -> Tensor:
     """The classical merge's blending weights (``infer.classical``), as a prior for CoarseNet.

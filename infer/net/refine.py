@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infer.net.deform import ModulatedDeformConv
-from infer.net.ops import hdr_to_ldr, lrelu, mask_for_exposure, mu_law, scaled
+from infer.net.ops import hdr_to_ldr, inverse_mu_law, lrelu, mask_for_exposure, mu_law, scaled
 
 IN_CHANNELS = 6  # coarse HDR (3) + exposure indicator (3)
 
@@ -225,21 +225,30 @@ class Reconstruction(nn.Module):
         nf: feature channels.
         blocks: residual blocks (10).
         out_channels: 3.
+        residual: output an unbounded correction (no sigmoid), its last conv starting near
+            zero (see ``RefineNet``'s ``residual``).
     """
 
-    def __init__(self, nf: int, blocks: int = 10, out_channels: int = 3) -> None:
+    def __init__(self, nf: int, blocks: int = 10, out_channels: int = 3, residual: bool = False) -> None:
         super().__init__()
+        self.residual = residual
         self.trunk = nn.Sequential(*(ResidualBlock(nf) for _ in range(blocks)))
         self.up = nn.ConvTranspose2d(2 * nf, nf, 4, 2, 1)
         self.hr_conv = nn.Conv2d(2 * nf, nf, 3, 1, 1)
         self.conv_last = nn.Conv2d(nf, out_channels, 3, 1, 1)
+        if residual:
+            with torch.no_grad():
+                self.conv_last.weight.mul_(0.01)
+                self.conv_last.bias.zero_()
 
     def forward(self, fused: Tensor, skip1: Tensor, skip0: Tensor) -> Tensor:
-        """fused, skip1 (b, nf, H/2, W/2); skip0 (b, nf, H, W) → (b, 3, H, W) in (0, 1)."""
+        """fused, skip1 (b, nf, H/2, W/2); skip0 (b, nf, H, W) → (b, 3, H, W): in (0, 1), or
+        the raw correction when ``residual``."""
         feat = self.trunk(fused)
         feat = lrelu(self.up(torch.cat((feat, skip1), dim=1)))  # (b, nf, H, W)
         feat = lrelu(self.hr_conv(torch.cat((feat, skip0), dim=1)))
-        return torch.sigmoid(self.conv_last(feat))
+        out = self.conv_last(feat)
+        return out if self.residual else torch.sigmoid(out)
 
 
 class RefineNet(nn.Module):
@@ -252,6 +261,11 @@ class RefineNet(nn.Module):
             Linear HDR puts the shadows that RefineNet must denoise at ~1e-4, far below
             everything else the first conv sees; μ-law (the loss's own domain) spreads them.
         front_blocks, back_blocks: residual blocks of the extractor (5) and trunk (10).
+        residual: predict a correction to the centre's coarse HDR in the μ-law domain,
+            ``H^r = μ⁻¹(clip(μ(H^c) + Δ, 0, 1))``, instead of the paper's sigmoid of linear
+            HDR. An untrained RefineNet then returns the coarse HDR (a sigmoid of linear
+            values starts at 0.5 everywhere and must learn shadows near 1e-4), so little
+            compute goes a long way: training learns denoising and refill, not the image.
     """
 
     multiple = 8  # three stride-2 stages (1/2 features, 1/4, 1/8 pyramid)
@@ -265,14 +279,16 @@ class RefineNet(nn.Module):
         mulaw_input: bool = True,
         front_blocks: int = 5,
         back_blocks: int = 10,
+        residual: bool = False,
     ) -> None:
         super().__init__()
         self.nf = nf = scaled(64, width, deform_groups)
         self.mulaw_input = mulaw_input
+        self.residual = residual
         self.extractor = FeatureExtractor(IN_CHANNELS, nf, front_blocks)
         self.align = PCDAlignment(nf, deform_groups)
         self.fusion = TemporalAttentionFusion(nf, self.frames, self.center)
-        self.reconstruct = Reconstruction(nf, back_blocks)
+        self.reconstruct = Reconstruction(nf, back_blocks, residual=residual)
 
     def encode(self, coarse: Tensor, expo: Tensor, expo_window: Tensor) -> Tensor:
         """Network input of each frame: [coarse HDR (tonemapped), exposure indicator].
@@ -338,4 +354,7 @@ class RefineNet(nn.Module):
         aligned = self.align(nbr, ref)  # (b·t, nf, H/2, W/2); the reference too, as in EDVR
         fused = self.fusion(aligned.reshape(b, t, *aligned.shape[1:]))  # (b, nf, H/2, W/2)
         skip0 = lrelu(self.extractor.conv_first(feats.x[:, c]))  # (b, nf, H, W)
-        return self.reconstruct(fused, feats.skip1[:, c], skip0)
+        out = self.reconstruct(fused, feats.skip1[:, c], skip0)
+        if self.residual:
+            return inverse_mu_law((mu_law(coarse3[:, c]) + out).clamp(0.0, 1.0))
+        return out
