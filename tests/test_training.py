@@ -193,6 +193,20 @@ def test_refine_stage_freezes_coarsenet(tmp_path):
     assert all(not p.requires_grad for p in trainer.model.coarse.parameters())
 
 
+def test_refine_stage_from_a_coarse_run_takes_only_coarsenet(tmp_path):
+    Trainer(tiny_cfg(tmp_path / "c", steps=1)).run()
+    path = tmp_path / "c" / "run" / "last.safetensors"
+    coarse_run = load_weights(path)
+    refine = Trainer(tiny_cfg(tmp_path / "r", stage="refine", init=str(path), seed=1))
+    got = refine.model.state_dict()
+    for k, v in coarse_run.state_dict().items():
+        if k.startswith("coarse."):
+            assert torch.allclose(got[k], v), k
+    # RefineNet keeps this run's initialisation (seed 1), not the coarse run's untrained one
+    last = "refine.reconstruct.conv_last.weight"
+    assert not torch.allclose(got[last], coarse_run.state_dict()[last])
+
+
 def test_checkpoint_resume_continues_with_the_identical_next_step(tmp_path):
     straight = tiny_cfg(tmp_path / "a", steps=3)
     Trainer(straight).run()

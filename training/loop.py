@@ -138,14 +138,23 @@ class Trainer:
     # -- setup ---------------------------------------------------------------------------
 
     def _init_from(self, path: str) -> None:
+        """Start from weights or a checkpoint's model. From a CoarseNet-stage run only CoarseNet
+        is taken: its RefineNet was never trained, and keeping this run's fresh one keeps its
+        initialisation (a residual RefineNet starts as the identity)."""
         p = Path(path)
         if p.suffix == ".pt":
-            state = torch.load(p, map_location="cpu", weights_only=True)["model"]
+            ckpt = torch.load(p, map_location="cpu", weights_only=True)
+            state, stage = ckpt["model"], json.loads(ckpt.get("config", "{}")).get("stage")
         else:
             src = load_weights(p)
             if src.cfg != self.net_cfg:
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
-            state = src.state_dict()
+            state, stage = src.state_dict(), src.meta.get("stage")
+        if stage == "coarse" and self.cfg.stage != "coarse":
+            state = {k: v for k, v in state.items() if k.startswith("coarse.")}
+            self.model.coarse.load_state_dict({k[len("coarse."):]: v for k, v in state.items()})
+            log.info("initialised CoarseNet from %s (a CoarseNet-stage run)", p)
+            return
         self.model.load_state_dict(state)
         log.info("initialised from %s", p)
 
