@@ -3,7 +3,10 @@
 Validation sequences are simulated scenes with exact ground truth from seeds kept apart
 for validation (1000+); they are never used for tuning thresholds in tests or training.
 
-    .venv/bin/python bench/quality.py [--methods reference,classical] [--seeds 4] [--width 512 --height 288]
+    .venv/bin/python bench/quality.py [--methods reference,classical,coarse,net] [--seeds 4] [--width 512 --height 288]
+
+By default every method that can run: reference, classical, and CoarseNet alone and the full
+network where shipped weights exist (infer/weights/).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 
 from capture.sim import SimCamera, SimConfig
 from hdrstream import quality
+from infer.netrecon import default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 
@@ -44,15 +48,16 @@ def evaluate(cfg: SimConfig, methods: list[str]) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", default="reference,classical")
+    ap.add_argument("--methods", default="", help="comma-separated; default: every method that can run")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--height", type=int, default=288)
     ap.add_argument("--pixel-format", default="BayerRG8")
     a = ap.parse_args()
-    methods = a.methods.split(",")
     for n_exp in (2, 3):
+        methods = a.methods.split(",") if a.methods else (
+            ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() else []))
         rows = {m: [] for m in methods}
         for s in range(a.seeds):
             cfg = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
