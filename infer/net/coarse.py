@@ -17,6 +17,9 @@ from infer.net.ops import check_shape, merge_prior, ldr_to_hdr
 from infer.net.weights import WeightNet
 
 
+CLIPPED = 0.97  # an LDR value at or above this is taken as clipped
+
+
 class CoarseNet(nn.Module):
     """Flow network + weight network → coarse HDR of the window centre.
 
@@ -26,7 +29,9 @@ class CoarseNet(nn.Module):
         learned_flow: the paper's flow network (True), or none: every call then passes
             external flows, e.g. exposure-matched DIS (design §4's variant).
         weight_prior: the weight network corrects the classical merge's weights instead of
-            predicting them from nothing (see ``infer.net.weights``).
+            predicting them from nothing (see ``infer.net.weights``), and, as the classical
+            merge does, a clipped centre pixel bounds the blend from below (its radiance is
+            at least its clip level: a misaligned or moved neighbour cannot darken it).
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
@@ -74,6 +79,9 @@ class CoarseNet(nn.Module):
         x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
         prior = merge_prior(images, t) if self.weight.prior else None
         hdr, weights = self.weight(x, hdrs, prior)
+        if self.weight.prior:  # a clipped centre bounds the radiance from below (as the classical merge)
+            clipped = (images[:, 0] >= CLIPPED).to(hdr.dtype)
+            hdr = torch.maximum(hdr, hdrs[:, 0] * clipped)
         if return_aux:
             return {"hdr": hdr, "flows": flows, "weights": weights}
         return hdr
