@@ -3,9 +3,12 @@
 Windowed: every window runs CoarseNet three times (frames i-1, i, i+1) and RefineNet
 once, as the paper describes. Streaming: each frame's coarse HDR is computed once and
 reused by the overlapping windows, so a frame costs one CoarseNet + one RefineNet pass.
-On CUDA it also compares fp32 with bf16/fp16 autocast.
+On CUDA it also compares fp32 with bf16/fp16 autocast. With ``--weights`` it times a trained
+network as shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the
+CPU) are part of every frame's time.
 
     .venv/bin/python bench/speed.py [--sizes 1280x720,1536x813,1920x1080] [--width 1.0] [--exposures 2]
+    .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ import time
 
 import torch
 
-from infer.net.model import HDRNet, NetConfig
+import numpy as np
+
+from infer.net.model import HDRNet, NetConfig, load_weights
 
 
 def pad_to(x: int, m: int) -> int:
@@ -49,15 +54,31 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
     c = cfg.coarse_frames
     mid = cfg.frames // 2
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
+    frames = ldr[0].permute(0, 2, 3, 1).cpu().numpy() if cfg.flow == "dis" else None
+    times = expo[0].tolist()
+    dis = None
+    if frames is not None:
+        from infer.classical import ClassicalReconstructor
+
+        dis = ClassicalReconstructor()
+
+    def flows_of(j: int) -> torch.Tensor | None:
+        """(1, C-1, 2, H, W) DIS flows of the CoarseNet window centred on j (DIS variant)."""
+        if dis is None:
+            return None
+        f = dis.flows(np.ascontiguousarray(frames[j - c // 2:j + c // 2 + 1]), times[j - c // 2:j + c // 2 + 1], c // 2)
+        return torch.from_numpy(f).permute(0, 3, 1, 2)[None].to(device)
 
     def windowed():
+        flows = None if dis is None else torch.stack([flows_of(j) for j in (mid - 1, mid, mid + 1)], dim=1)
         with torch.inference_mode(), autocast:
-            net(ldr, expo)
+            net(ldr, expo, flows)
 
     def streaming():  # one CoarseNet pass for the new frame + RefineNet on cached neighbours
+        flows = flows_of(mid)
         with torch.inference_mode(), autocast:
             s = mid - c // 2
-            centre = net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c])
+            centre = net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c], flows)
             coarse3 = torch.stack([centre, centre, centre], dim=1)
             net.refine_forward(coarse3, ldr[:, mid], expo[:, mid - 1:mid + 2])
 
@@ -75,13 +96,18 @@ def main() -> None:
     ap.add_argument("--exposures", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--weights", help="a trained network (.safetensors); its config overrides --width/--exposures")
     a = ap.parse_args()
     device = torch.device(a.device)
-    net = HDRNet(NetConfig(exposures=a.exposures, width=a.width)).to(device).eval()
+    if a.weights:
+        net = load_weights(a.weights, device)
+        a.width, a.exposures = net.cfg.width, net.cfg.exposures
+    else:
+        net = HDRNet(NetConfig(exposures=a.exposures, width=a.width)).to(device).eval()
     dtypes: list[torch.dtype | None] = [None]
     if device.type == "cuda":
         dtypes += [torch.bfloat16, torch.float16]
-    print(f"network: {a.exposures} exposures, width {a.width}, device {device} "
+    print(f"network: {a.exposures} exposures, width {a.width}, flow {net.cfg.flow}, device {device} "
           f"({torch.get_num_threads()} CPU threads)" if device.type == "cpu" else f"device {torch.cuda.get_device_name()}")
     for size in a.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
