@@ -54,8 +54,9 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=512)
     ap.add_argument("--height", type=int, default=288)
     ap.add_argument("--pixel-format", default="BayerRG8")
+    ap.add_argument("--exposures", default="2,3", help="which cycles: 2, 3 or 2,3")
     a = ap.parse_args()
-    for n_exp in (2, 3):
+    for n_exp in (int(e) for e in a.exposures.split(",")):
         methods = a.methods.split(",") if a.methods else (
             ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() else []))
         rows = {m: [] for m in methods}

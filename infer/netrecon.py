@@ -4,7 +4,10 @@ Windowed (the paper): every window runs CoarseNet on the three windows centred o
 i-1, i, i+1, then RefineNet. Streaming: consecutive windows overlap, so each coarse HDR
 is computed once, cached under the seqs of the CoarseNet window that made it, and reused
 by later windows after warping it by the global similarity the window message carries
-(identity when preprocess did not align). With identity warps both give the same result.
+(identity when preprocess did not align). The centre's own coarse HDR is reused only
+unwarped: the output keeps it wherever the reference is well exposed, and a resampled
+copy would blur it (with a moving camera a frame then costs two CoarseNet passes, not
+one). With identity warps both give the same result.
 """
 from __future__ import annotations
 
@@ -39,6 +42,10 @@ def _device(name: str | None) -> torch.device:
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _identity(warp: Sequence[float]) -> bool:
+    return bool(np.allclose(np.asarray(warp, np.float64).reshape(2, 3), [[1, 0, 0], [0, 1, 0]]))
 
 
 class NetReconstructor:
@@ -167,13 +174,15 @@ class NetReconstructor:
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         c = net.cfg.coarse_frames
         half = c // 2
-        centres = (ref, ref + 1) if self.name == "coarse" else (ref - 1, ref, ref + 1)
+        centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
         position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
         coarse = {}
         for j in centres:
             key = tuple(int(s) for s in seqs[j - half:j + half + 1])
             hit = self._cache.get(key)
-            if hit is not None and hit[0] in position:
+            # The centre's coarse HDR is kept where the mask trusts it (eq. 4): reuse it only
+            # when no resampling is needed; a warped (bilinear) copy would blur the output.
+            if hit is not None and hit[0] in position and (j != ref or _identity(warps[position[hit[0]]])):
                 coarse[j] = self._warped(hit[1], warps[position[hit[0]]])
                 continue
             flows = self._flows(net, frames, exposures, j)
@@ -194,9 +203,9 @@ class NetReconstructor:
 
     @staticmethod
     def _warped(img: np.ndarray, warp: Sequence[float]) -> np.ndarray:
-        m = np.asarray(warp, np.float64).reshape(2, 3)
-        if np.allclose(m, [[1, 0, 0], [0, 1, 0]]):
+        if _identity(warp):
             return img
+        m = np.asarray(warp, np.float64).reshape(2, 3)
         h, w = img.shape[:2]
         return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
