@@ -22,6 +22,22 @@ class Reconstructor(Protocol):
         ...
 
 
+def default_method(live: bool = False) -> str:
+    """The method used when none is named: the shipped network where its weights exist for
+    both exposure cycles, else classical. For live capture on a machine without a GPU it is
+    classical too: the network takes seconds per frame on a CPU, classical tens of ms."""
+    from infer.netrecon import default_weights
+
+    if not all(default_weights(n).is_file() for n in (2, 3)):
+        return "classical"
+    if live:
+        import torch
+
+        if not torch.cuda.is_available():
+            return "classical"
+    return "net"
+
+
 def make_reconstructor(name: str) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names."""
     if name == "classical":
