@@ -17,17 +17,16 @@ log = logging.getLogger("hdrstream")
 METHODS = ("classical", "reference", "net", "coarse")
 
 
-def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None, live: bool = False) -> None:
+def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) -> None:
+    from infer.reconstructor import DEFAULT_METHOD
+
     g = p.add_argument_group("reconstruction")
-    g.add_argument("--method", default=None, choices=METHODS,
-                   help="reconstructor for the main output (default: net where its trained weights ship"
-                        + (", on a GPU; classical on a CPU" if live else "; else classical") + ")")
+    g.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help="reconstructor for the main output")
     g.add_argument(
         "--compare", default=compare_default,
         help="comma-separated extra methods written to OUT/<method>/ and scored in the report"
-             + ("" if compare_default is not None else " (default: classical and reference next to the network)"),
+             + ("" if compare_default is not None else " (default: reference, and the network where its weights ship)"),
     )
-    g.set_defaults(live=live)
     g.add_argument("--crf", default="gamma2.2", help="inverse CRF: gamma2.2 or a CRF JSON file")
     g.add_argument("--no-align", action="store_true", help="skip global similarity alignment")
     g.add_argument("--no-preview", action="store_true", help="no per-frame PNG previews or video")
@@ -41,12 +40,10 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     from preprocess.stage import PreprocessConfig, Preprocessor
     from sink.stage import Sink, SinkConfig
 
-    from infer.reconstructor import default_method
+    from infer.reconstructor import network_shipped
 
-    if args.method is None:
-        args.method = default_method(live=args.live)
     if args.compare is None:  # the demo: the main method next to the others that can run
-        args.compare = "classical,reference" if args.method in ("net", "coarse") else "reference"
+        args.compare = "reference,net" if network_shipped() else "reference"
     compare = [m for m in args.compare.split(",") if m and m != args.method]
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     stages = [
@@ -224,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     lv = sub.add_parser("live", help="any camera -> whole pipeline in one process -> EXR + preview + report")
     lv.add_argument("out_dir")
     add_camera_args(lv)
-    _add_pipeline_args(lv, compare_default="", live=True)
+    _add_pipeline_args(lv, compare_default="")
     lv.set_defaults(func=cmd_live)
 
     rec = sub.add_parser("record", help="record a dataset session: a sequence folder + session.json")

@@ -244,8 +244,7 @@ def add_service_parsers(sub) -> None:
     i = sub.add_parser("infer", help="service: windows -> HDR frames (run N of these)")
     i.add_argument("--in", dest="inp", default=g.worker_in)
     i.add_argument("--out", default=g.worker_out)
-    i.add_argument("--method", default=None,
-                   help="reconstructor (default: net on a GPU where its weights ship, else classical)")
+    i.add_argument("--method", default="classical", help="reconstructor: classical | net | coarse | reference")
     i.add_argument("--compare", default="")
     i.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on this port (0: off)")
     i.set_defaults(func=_flags_infer)
@@ -291,11 +290,8 @@ def _flags_preprocess(args: argparse.Namespace) -> int:
 def _flags_infer(args: argparse.Namespace) -> int:
     from infer.stage import InferStage
 
-    from infer.reconstructor import default_method
-
     compare = [m for m in args.compare.split(",") if m]
-    method = args.method or default_method(live=True)
-    return serve_infer(InferStage(method=method, compare=compare), args.inp, args.out,
+    return serve_infer(InferStage(method=args.method, compare=compare), args.inp, args.out,
                        metrics_port=args.metrics_port)
 
 

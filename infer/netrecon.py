@@ -97,7 +97,7 @@ class NetReconstructor:
     def _tensors(self, frames: np.ndarray, exposures: Sequence[float], multiple: int):
         n, h, w, _ = frames.shape
         ph, pw = (-h) % multiple, (-w) % multiple
-        x = torch.from_numpy(np.ascontiguousarray(frames, np.float32)).permute(0, 3, 1, 2)
+        x = torch.from_numpy(np.array(frames, np.float32)).permute(0, 3, 1, 2)  # a copy: windows arrive read-only
         if ph or pw:  # replicate-pad to the network's multiple, crop back after
             x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="replicate")
         t_min = min(exposures)

@@ -26,12 +26,14 @@ def test_demo_writes_hdr_video_previews_and_a_scored_report(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *TINY, "--frames", "8"]) == 0
     stems = [f"{i:06d}" for i in range(8)]
     assert exrs(out) == stems and exrs(out / "reference") == stems and exrs(out / "gt") == stems
+    assert exrs(out / "net") == stems  # the shipped network beside classical
     hdr = read_exr(out / "000003.exr")
     assert hdr.shape == (96, 128, 3) and np.isfinite(hdr).all() and hdr.max() > 0
     assert (out / "contact_sheet.png").is_file() and len(list((out / "preview").glob("*.png"))) == 8
     assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
     report = json.loads((out / "report.json").read_text())
     assert report["frames_out"] == 8 and report["gaps"] == []
+    assert {"net", "classical", "reference"} <= set(report["methods"])
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "report.json" in printed
 

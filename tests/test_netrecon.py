@@ -101,7 +101,7 @@ def test_missing_weights_and_bad_windows_are_clear_errors(weights, tmp_path):
 # -- the shipped weights -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("exposures", [2])
+@pytest.mark.parametrize("exposures", [2, 3])
 def test_shipped_weights_load_and_stream_like_windowed(exposures):
     """The weights in the repo load by default and give finite HDR; streaming (DIS flows and
     coarse results reused) equals windowed inference with them."""
@@ -120,7 +120,7 @@ def test_shipped_weights_load_and_stream_like_windowed(exposures):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * a.max(), err_msg=f"frame {i}")
 
 
-@pytest.mark.parametrize("exposures", [2])
+@pytest.mark.parametrize("exposures", [2, 3])
 def test_shipped_network_beats_the_reference_frame_on_simulated_motion(exposures):
     """Simulated camera (shake, a moving object, sensor noise) -> preprocess -> the shipped
     network: it must beat the reference frame alone by >= 3 dB PSNR-μ, as classical does."""
@@ -137,3 +137,12 @@ def test_shipped_network_beats_the_reference_frame_on_simulated_motion(exposures
             scores[hdr.meta["method"]].append(psnr_mu(hdr.data, cam.ground_truth(w.seq), hdr.meta["t_min"]))
     net, reference = np.mean(scores["net"]), np.mean(scores["reference"])
     assert len(scores["net"]) == 6 and net >= reference + 3.0, f"net {net:.2f} dB vs reference {reference:.2f} dB"
+
+
+def test_the_network_ships_for_both_cycles_and_is_found(monkeypatch):
+    from infer import netrecon
+    from infer.reconstructor import network_shipped
+
+    assert network_shipped()
+    monkeypatch.setattr(netrecon, "WEIGHTS_DIR", netrecon.WEIGHTS_DIR / "nowhere")
+    assert not network_shipped()
