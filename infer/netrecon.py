@@ -68,8 +68,8 @@ class NetReconstructor:
         missing = [self._path(n) for n in (2, 3) if not self._path(n).is_file()]
         if len(missing) == 2:  # fail before the stream starts, not on every window
             raise FileNotFoundError(
-                f"no trained network weights ({missing[0].name}, {missing[1].name} in {missing[0].parent}): "
-                f"they are not shipped yet; train them with `hdrstream train`, or use --method classical"
+                f"no trained network weights ({missing[0]}, {missing[1]}): the shipped ones live in "
+                f"{WEIGHTS_DIR}; train others with `hdrstream train`, or use --method classical"
             )
         self._cache: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # coarse-window seqs -> (ref seq, HDR)
         self.coarse_runs = 0
@@ -84,8 +84,8 @@ class NetReconstructor:
             path = self._path(exposures)
             if not path.is_file():
                 raise FileNotFoundError(
-                    f"no trained weights for {exposures} exposures at {path}: the network's weights are not "
-                    f"shipped yet (train them with `hdrstream train`, or use --method classical)"
+                    f"no trained weights for {exposures} exposures at {path} (the shipped ones live in "
+                    f"{WEIGHTS_DIR}; train others with `hdrstream train`, or use --method classical)"
                 )
             self._models[exposures] = load_weights(path).to(self.device).eval()
             log.info("loaded %s (%s)", path, self._models[exposures].meta.get("summary", ""))

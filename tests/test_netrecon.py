@@ -89,7 +89,7 @@ def test_missing_weights_and_bad_windows_are_clear_errors(weights, tmp_path):
     frames, expos = stream_of(5, 2)
     with pytest.raises(FileNotFoundError, match="no trained weights for 2 exposures"):
         NetReconstructor("net", {2: tmp_path / "none.safetensors", 3: weights[3]}).reconstruct(frames, expos, 2)
-    with pytest.raises(FileNotFoundError, match="not shipped yet"):
+    with pytest.raises(FileNotFoundError, match="no trained network weights"):
         NetReconstructor("net", {2: tmp_path / "a.safetensors", 3: tmp_path / "b.safetensors"})
     rec = NetReconstructor("net", weights, device="cpu")
     with pytest.raises(ValueError, match="windows of 5"):
