@@ -1,1 +1,1 @@
-"""HDR reconstruction of aligned exposure windows (classical baseline; networks later)."""
+"""HDR reconstruction of aligned exposure windows: classical, the coarse-to-fine network, reference only."""

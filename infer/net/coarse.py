@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import check_shape, merge_prior, ldr_to_hdr
+from infer.net.ops import check_shape, ldr_to_hdr, merge_prior
 from infer.net.weights import WeightNet
 
 
