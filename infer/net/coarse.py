@@ -13,11 +13,8 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import check_shape, ldr_to_hdr, merge_prior
+from infer.net.ops import SAT_END, check_shape, ldr_to_hdr, merge_prior
 from infer.net.weights import WeightNet
-
-
-CLIPPED = 0.97  # an LDR value at or above this is taken as clipped
 
 
 class CoarseNet(nn.Module):
@@ -80,7 +77,7 @@ class CoarseNet(nn.Module):
         prior = merge_prior(images, t) if self.weight.prior else None
         hdr, weights = self.weight(x, hdrs, prior)
         if self.weight.prior:  # a clipped centre bounds the radiance from below (as the classical merge)
-            clipped = (images[:, 0] >= CLIPPED).to(hdr.dtype)
+            clipped = (images[:, 0] >= SAT_END).to(hdr.dtype)
             hdr = torch.maximum(hdr, hdrs[:, 0] * clipped)
         if return_aux:
             return {"hdr": hdr, "flows": flows, "weights": weights}

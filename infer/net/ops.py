@@ -74,8 +74,16 @@ def inverse_mu_law(t: Tensor, mu: float = MU) -> Tensor:
     return torch.expm1(t * math.log1p(mu)) / mu
 
 
-def merge_prior(images: Tensor, expo: Tensor, sat_start: float = 0.85, sat_end: float = 0.97,
-                ghost_tol: float = 0.015, fallback: float = 1e-3) -> Tensor:
+# The classical merge's defaults (infer.classical.ClassicalConfig) when the shipped weights
+# were trained. Kept here, not read from there: trained weights depend on the prior, so
+# retuning classical must not change what a shipped network computes.
+SAT_START, SAT_END = 0.85, 0.97  # saturation roll-off of a frame's weight; SAT_END: clipped
+GHOST_TOL = 0.015
+FALLBACK = 1e-3
+
+
+def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_end: float = SAT_END,
+                ghost_tol: float = GHOST_TOL, fallback: float = FALLBACK) -> Tensor:
     """The classical merge's blending weights (``infer.classical``), as a prior for CoarseNet.
 
     Image j's weight is ``t_j`` (shot-noise SNR) × a smooth roll-off as its brightest channel

@@ -20,9 +20,10 @@ With ``prior`` (``NetConfig.weight_prior``, our default) the sigmoid output mult
 fixed per-image prior, the classical merge's weight (exposure time × saturation roll-off ×
 agreement with the reference, ``ops.merge_prior``): the network starts as the classical
 merge and learns corrections to it, instead of rediscovering from scratch that a long
-exposure is eight times less noisy and that a moving object must not be blended in. Unwarped neighbours start at a low
-weight (bias −3) and the last conv starts near zero, so an untrained network is the
-classical merge. Same parameters; the paper's plain sigmoid weights are ``prior=False``.
+exposure is eight times less noisy and that a moving object must not be blended in.
+Unwarped neighbours start at a low weight (bias −3) and the last conv starts near zero, so
+an untrained network is the classical merge. Same parameters; the paper's plain sigmoid
+weights are ``prior=False``.
 """
 from __future__ import annotations
 
