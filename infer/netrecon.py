@@ -4,7 +4,9 @@ Windowed (the paper): every window runs CoarseNet on the three windows centred o
 i-1, i, i+1, then RefineNet. Streaming: consecutive windows overlap, so each coarse HDR
 is computed once, cached under the seqs of the CoarseNet window that made it, and reused
 by later windows after warping it by the global similarity the window message carries
-(identity when preprocess did not align). The centre's own coarse HDR is reused only
+(identity when preprocess did not align). A frame's RefineNet features are cached likewise
+and reused while its coarse HDR needs no warping (a static camera, or alignment off), so
+each window then runs CoarseNet and the feature extractor once, on its newest frame. The centre's own coarse HDR is reused only
 unwarped: the output keeps it wherever the reference is well exposed, and a resampled
 copy would blur it (with a moving camera a frame then costs two CoarseNet passes, not
 one). With identity warps both give the same result.
@@ -19,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from infer.net.refine import RefineFeatures
 from infer.reconstructor import check_window
 
 log = logging.getLogger(__name__)
@@ -72,7 +75,9 @@ class NetReconstructor:
                 f"{WEIGHTS_DIR}; train others with `hdrstream train`, or use --method classical"
             )
         self._cache: dict[tuple[int, ...], tuple[int, np.ndarray]] = {}  # coarse-window seqs -> (ref seq, HDR)
+        self._features: dict[tuple[int, ...], RefineFeatures] = {}  # coarse-window seqs -> RefineNet features
         self.coarse_runs = 0
+        self.feature_runs = 0
         self._dis = None  # ClassicalReconstructor, for networks of the DIS-flow variant
 
     # -- model -----------------------------------------------------------------------
@@ -176,14 +181,15 @@ class NetReconstructor:
         half = c // 2
         centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
         position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
-        coarse = {}
+        coarse, keys, as_cached = {}, {}, {}
         for j in centres:
-            key = tuple(int(s) for s in seqs[j - half:j + half + 1])
+            keys[j] = key = tuple(int(s) for s in seqs[j - half:j + half + 1])
             hit = self._cache.get(key)
             # The centre's coarse HDR is kept where the mask trusts it (eq. 4): reuse it only
             # when no resampling is needed; a warped (bilinear) copy would blur the output.
             if hit is not None and hit[0] in position and (j != ref or _identity(warps[position[hit[0]]])):
                 coarse[j] = self._warped(hit[1], warps[position[hit[0]]])
+                as_cached[j] = _identity(warps[position[hit[0]]])
                 continue
             flows = self._flows(net, frames, exposures, j)
             out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1], flows)
@@ -191,11 +197,26 @@ class NetReconstructor:
             # cached at the padded size: RefineNet must see exactly what the windowed path sees
             coarse[j] = out[0].permute(1, 2, 0).cpu().numpy()
             self._cache[key] = (int(seqs[ref]), coarse[j])
+            self._features.pop(key, None)  # features of a replaced coarse HDR are stale
+            as_cached[j] = True
         self._evict(int(seqs[ref]), n)
         if self.name == "coarse":
             return np.ascontiguousarray(coarse[ref][:h, :w] / np.float32(t_min), np.float32)
+        expo3 = expo[:, ref - 1:ref + 2]
         coarse3 = torch.stack([self._tensor(coarse[j]) for j in (ref - 1, ref, ref + 1)], dim=0)[None]
-        out = net.refine_forward(coarse3, x[:, ref], expo[:, ref - 1:ref + 2])
+        parts = []
+        for t, j in enumerate((ref - 1, ref, ref + 1)):
+            # A frame's RefineNet features depend on its coarse HDR alone, so they are reused
+            # whenever that HDR is the cached one unresampled (features of a warped HDR are not
+            # the warped features); otherwise computed for this window only.
+            f = self._features.get(keys[j]) if as_cached[j] else None
+            if f is None:
+                f = net.features(coarse3[:, t:t + 1], expo[:, j:j + 1], expo3)
+                self.feature_runs += 1
+                if as_cached[j]:
+                    self._features[keys[j]] = f
+            parts.append(f)
+        out = net.refine_forward(coarse3, x[:, ref], expo3, RefineFeatures.stack(parts))
         return self._to_numpy(out["hdr"], h, w, t_min)
 
     def _tensor(self, img: np.ndarray) -> torch.Tensor:
@@ -213,3 +234,6 @@ class NetReconstructor:
         """Drop coarse results no later window can use (bounded memory on endless streams)."""
         for key in [k for k, (a, _) in self._cache.items() if a < ref_seq - n]:
             del self._cache[key]
+        # features serve only the windows whose frames i-1..i+1 hold their frame
+        for key in [k for k in self._features if k[len(k) // 2] < ref_seq - 1]:
+            del self._features[key]

@@ -54,6 +54,8 @@ def test_streaming_equals_windowed_frame_for_frame(weights, exposures, k, method
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * a.max(), err_msg=f"frame {i}")
     # once per frame, plus the padded edge windows (windowed inference runs 3 per frame)
     assert streaming.coarse_runs <= len(frames) + 2 * k
+    if method == "net":  # RefineNet's feature extractor likewise
+        assert 0 < streaming.feature_runs <= len(frames) + 2 * k
     assert windowed.coarse_runs == 0  # the windowed path does not touch the cache
 
 
