@@ -93,6 +93,19 @@ def test_final_is_mask_blend_of_coarse_and_refine(net):
     torch.testing.assert_close(out["hdr"], m * out["coarse"][:, 1] + (1 - m) * out["refine"])
 
 
+def test_without_mask_blend_the_final_is_refinenets_everywhere():
+    """mask_blend=False: RefineNet's output over well-exposed pixels too, and a zero mask so
+    the refine loss is averaged over every pixel; same parameters, so weights carry over."""
+    blended = make_net(2).eval()
+    net = HDRNet(NetConfig(exposures=2, width=0.25, mask_blend=False)).eval()
+    net.load_state_dict(blended.state_dict())
+    ldr, expo = window(2)
+    with torch.no_grad():
+        out, ref = net(ldr, expo), blended(ldr, expo)
+    assert ref["mask"].mean() > 0.3  # the blend would have kept the coarse HDR somewhere
+    torch.testing.assert_close(out["hdr"], ref["refine"])
+    assert out["mask"].abs().max() == 0
+
 def test_stages_compose_to_forward(net):
     """coarse_forward per window + refine_forward (with or without cached features) = forward."""
     ldr, expo = window(net.cfg.exposures)

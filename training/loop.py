@@ -24,6 +24,7 @@ import platform
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ class Trainer:
         random.seed(cfg.seed)
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
-                                 refine_residual=cfg.refine_residual)
+                                 refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend)
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)
@@ -147,7 +148,7 @@ class Trainer:
             state, stage = ckpt["model"], json.loads(ckpt.get("config", "{}")).get("stage")
         else:
             src = load_weights(p)
-            if src.cfg != self.net_cfg:
+            if replace(src.cfg, mask_blend=self.net_cfg.mask_blend) != self.net_cfg:  # the blend has no weights
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
         if stage == "coarse" and self.cfg.stage != "coarse":

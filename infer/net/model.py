@@ -51,6 +51,9 @@ class NetConfig:
             weights (True) or are the paper's plain sigmoid outputs (False).
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
+        mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
+            (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
+            it may also remove the noise and demosaicing errors of well-exposed pixels.
     """
 
     exposures: int = 2
@@ -60,6 +63,7 @@ class NetConfig:
     flow: str = "learned"
     weight_prior: bool = True
     refine_residual: bool = True
+    mask_blend: bool = True
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -182,6 +186,8 @@ class HDRNet(nn.Module):
         if feats is not None and (feats.frames != 3 or tuple(feats.x.shape[-2:]) != (h, w)):
             raise ValueError(f"refine_forward: feats hold {feats.frames} frames of {tuple(feats.x.shape[-2:])}")
         refined = self.refine(coarse3, expo3, feats)
+        if not self.cfg.mask_blend:  # M = 0: RefineNet's output everywhere, its loss over all pixels
+            return {"hdr": refined, "refine": refined, "mask": torch.zeros_like(refined)}
         mask = well_exposed_mask(ldr_ref.clamp(0.0, 1.0), expo3, ref=1)
         hdr = mask * coarse3[:, 1] + (1.0 - mask) * refined
         return {"hdr": hdr, "refine": refined, "mask": mask}
