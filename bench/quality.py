@@ -4,6 +4,7 @@ Validation sequences are simulated scenes with exact ground truth from seeds kep
 for validation (1000+); they are never used for tuning thresholds in tests or training.
 
     .venv/bin/python bench/quality.py [--methods reference,classical,coarse,net] [--seeds 4] [--width 512 --height 288]
+    .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors
 
 By default every method that can run: reference, classical, and CoarseNet alone and the full
 network where shipped weights exist (infer/weights/).
@@ -11,6 +12,8 @@ network where shipped weights exist (infer/weights/).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
 import numpy as np
 
 from capture.sim import SimCamera, SimConfig
@@ -22,10 +25,14 @@ from preprocess.stage import PreprocessConfig, Preprocessor
 VALIDATION_SEED0 = 1000
 
 
-def evaluate(cfg: SimConfig, methods: list[str]) -> dict[str, dict[str, float]]:
+def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str, dict[str, float]]:
     cam = SimCamera(cfg)
     pre = Preprocessor(PreprocessConfig())
     infer = InferStage(method=methods[0], compare=methods[1:])
+    if weights:  # candidate weights instead of the shipped ones
+        for rec in infer.methods:
+            if rec.name in ("net", "coarse"):
+                rec.weights = {cfg.exposures: Path(weights)}
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
     preds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     gts, seconds = [], {m: 0.0 for m in methods}
@@ -55,7 +62,11 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=288)
     ap.add_argument("--pixel-format", default="BayerRG8")
     ap.add_argument("--exposures", default="2,3", help="which cycles: 2, 3 or 2,3")
+    ap.add_argument("--weights", default="", help="network weights to score instead of the shipped ones "
+                    "(one file: give --exposures to match)")
     a = ap.parse_args()
+    if a.weights and "," in a.exposures:
+        ap.error("--weights scores one network: give --exposures 2 or 3")
     for n_exp in (int(e) for e in a.exposures.split(",")):
         methods = a.methods.split(",") if a.methods else (
             ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() else []))
@@ -63,7 +74,7 @@ def main() -> None:
         for s in range(a.seeds):
             cfg = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
                             pixel_format=a.pixel_format, seed=VALIDATION_SEED0 + s)
-            for m, r in evaluate(cfg, methods).items():
+            for m, r in evaluate(cfg, methods, a.weights).items():
                 rows[m].append(r)
         print(f"\n{n_exp} exposures: {a.seeds} validation sequences x {a.frames} frames, {a.width}x{a.height} {a.pixel_format}")
         print(f"  {'method':10s} {'PSNR-mu':>8s} {'PSNR-L':>8s} {'flicker':>8s} {'ms/frame':>9s}")
