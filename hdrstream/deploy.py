@@ -68,6 +68,8 @@ class InferConfig:
 
     method: str = "classical"
     compare: list[str] = field(default_factory=list)
+    device: str = ""  # network methods: "" = CUDA when present, else "cpu"; or e.g. "cuda:1"
+    precision: str = "auto"  # network methods: auto | fp32 | bf16 | fp16
 
 
 @dataclass
@@ -105,7 +107,8 @@ class Deployment:
     def infer_stage(self):
         from infer.stage import InferStage
 
-        return InferStage(method=self.infer.method, compare=self.infer.compare)
+        return InferStage(method=self.infer.method, compare=self.infer.compare,
+                          device=self.infer.device or None, precision=self.infer.precision)
 
     def sink_stage(self):
         from sink.stage import Sink

@@ -51,8 +51,29 @@ def _identity(warp: Sequence[float]) -> bool:
     return bool(np.allclose(np.asarray(warp, np.float64).reshape(2, 3), [[1, 0, 0], [0, 1, 0]]))
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on a CUDA device that has it (fp16 on older ones), fp32 on the CPU,
+    where autocast is slower than float32 for these convolutions."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        if device.type != "cuda":
+            return "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision fp16 needs a CUDA device, not {device}; use bf16 or fp32")
+    return precision
+
+
 class NetReconstructor:
-    """``net``: CoarseNet + RefineNet; ``coarse``: CoarseNet alone (for ablations)."""
+    """``net``: CoarseNet + RefineNet; ``coarse``: CoarseNet alone (for ablations).
+
+    ``precision``: the autocast dtype of the network's convolutions (outputs are float32
+    either way); on CUDA the model also runs channels-last, the layout tensor cores want.
+    """
 
     def __init__(
         self,
@@ -60,12 +81,14 @@ class NetReconstructor:
         weights: dict[int, str | Path] | None = None,
         device: str | None = None,
         stream: bool = True,
+        precision: str = "auto",
     ) -> None:
         if name not in ("net", "coarse"):
             raise ValueError(f"NetReconstructor is 'net' or 'coarse', got {name!r}")
         self.name = name
         self.weights = {n: Path(p) for n, p in (weights or {}).items()}
         self.device = _device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.stream = stream
         self._models: dict[int, torch.nn.Module] = {}
         missing = [self._path(n) for n in (2, 3) if not self._path(n).is_file()]
@@ -92,9 +115,16 @@ class NetReconstructor:
                     f"no trained weights for {exposures} exposures at {path} (the shipped ones live in "
                     f"{WEIGHTS_DIR}; train others with `hdrstream train`, or use --method classical)"
                 )
-            self._models[exposures] = load_weights(path).to(self.device).eval()
+            model = load_weights(path).to(self.device).eval()
+            if self.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            self._models[exposures] = model
             log.info("loaded %s (%s)", path, self._models[exposures].meta.get("summary", ""))
         return self._models[exposures]
+
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _path(self, exposures: int) -> Path:
         return self.weights.get(exposures, default_weights(exposures))
@@ -138,10 +168,15 @@ class NetReconstructor:
     def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
         """frames (N, H, W, 3) L in [0, 1] aligned to ``ref`` (the centre); returns H = lin/t."""
         check_window(frames, exposures, ref)
-        n, h, w, _ = frames.shape
+        n = frames.shape[0]
         if ref != n // 2:
             raise ValueError(f"the network needs the reference at the window centre, got {ref} of {n}")
         net = self.model(_exposures_in_window(n))
+        with self._autocast():
+            return self._windowed(net, frames, exposures, ref)
+
+    def _windowed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
+        h, w = frames.shape[1:3]
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         if self.name == "coarse":
             c = net.cfg.coarse_frames
@@ -172,10 +207,16 @@ class NetReconstructor:
         if not self.stream:
             return self.reconstruct(frames, exposures, ref)
         check_window(frames, exposures, ref)
-        n, h, w, _ = frames.shape
+        n = frames.shape[0]
         if ref != n // 2 or len(seqs) != n or len(warps) != n:
             raise ValueError("streaming needs the reference at the centre and seqs/warps for every frame")
         net = self.model(_exposures_in_window(n))
+        with self._autocast():
+            return self._streamed(net, frames, exposures, ref, seqs, warps)
+
+    def _streamed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int,
+                  seqs: Sequence[int], warps: Sequence[Sequence[float]]) -> np.ndarray:
+        n, h, w, _ = frames.shape
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         c = net.cfg.coarse_frames
         half = c // 2
@@ -195,7 +236,7 @@ class NetReconstructor:
             out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1], flows)
             self.coarse_runs += 1
             # cached at the padded size: RefineNet must see exactly what the windowed path sees
-            coarse[j] = out[0].permute(1, 2, 0).cpu().numpy()
+            coarse[j] = out[0].permute(1, 2, 0).float().cpu().numpy()
             self._cache[key] = (int(seqs[ref]), coarse[j])
             self._features.pop(key, None)  # features of a replaced coarse HDR are stale
             as_cached[j] = True

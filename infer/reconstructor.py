@@ -36,8 +36,12 @@ def network_shipped() -> bool:
     return all(default_weights(n).is_file() for n in (2, 3))
 
 
-def make_reconstructor(name: str) -> Reconstructor:
-    """The reconstructor called ``name``; raises ValueError for unknown names."""
+def make_reconstructor(name: str, device: str | None = None, precision: str = "auto") -> Reconstructor:
+    """The reconstructor called ``name``; raises ValueError for unknown names.
+
+    ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present) and ``precision``
+    (auto | fp32 | bf16 | fp16) concern the network methods only.
+    """
     if name == "classical":
         from infer.classical import ClassicalReconstructor
 
@@ -49,7 +53,7 @@ def make_reconstructor(name: str) -> Reconstructor:
     if name in ("net", "coarse"):
         from infer.netrecon import NetReconstructor
 
-        return NetReconstructor(name)  # weights load on the first window: their size picks 2 or 3 exposures
+        return NetReconstructor(name, device=device, precision=precision)  # weights load on the first window: their size picks 2 or 3 exposures
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")
 
 

@@ -20,9 +20,10 @@ class InferStage:
 
     name = "infer"
 
-    def __init__(self, method: str = "classical", compare: Sequence[str] = ()) -> None:
+    def __init__(self, method: str = "classical", compare: Sequence[str] = (), device: str | None = None,
+                 precision: str = "auto") -> None:
         names = [method] + [m for m in compare if m != method]
-        self.methods = [make_reconstructor(n) for n in dict.fromkeys(names)]
+        self.methods = [make_reconstructor(n, device, precision) for n in dict.fromkeys(names)]
         self.ignored = 0
         self.windows = 0
 

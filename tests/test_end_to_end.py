@@ -49,6 +49,19 @@ def test_simulate_then_reconstruct_gives_one_exr_per_input_frame(tmp_path):
     assert report["frames_out"] == 7
 
 
+def test_network_precision_and_device_reach_the_network(tmp_path, capsys):
+    """--precision bf16 runs the shipped network under autocast; fp16 on a CPU is refused up
+    front with a clear error, not after the stream has started."""
+    seq = tmp_path / "seq"
+    assert main(["simulate", str(seq), *TINY, "--frames", "5"]) == 0
+    args = ["reconstruct", str(seq), "--method", "net", "--device", "cpu", "--no-preview"]
+    assert main([*args[:2], str(tmp_path / "bf16"), *args[2:], "--precision", "bf16"]) == 0
+    assert len(exrs(tmp_path / "bf16")) == 5
+    assert main([*args[:2], str(tmp_path / "fp16"), *args[2:], "--precision", "fp16"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert not (tmp_path / "fp16").exists() or not exrs(tmp_path / "fp16")
+
+
 def test_reconstruct_a_broken_folder_is_a_clear_error(tmp_path, capsys):
     seq = tmp_path / "seq"
     assert main(["simulate", str(seq), *TINY, "--frames", "4"]) == 0

@@ -148,3 +148,30 @@ def test_the_network_ships_for_both_cycles_and_is_found(monkeypatch):
     assert network_shipped()
     monkeypatch.setattr(netrecon, "WEIGHTS_DIR", netrecon.WEIGHTS_DIR / "nowhere")
     assert not network_shipped()
+
+
+def test_bf16_autocast_stays_close_to_float32(weights):
+    """precision="bf16" (autocast; CUDA's default, runnable on the CPU too) returns float32
+    HDR within bf16's rounding of the float32 result, streaming as windowed."""
+    from hdrstream.quality import mu_law
+
+    frames, expos = stream_of(7, 2, seed=4)
+    full = NetReconstructor("net", weights, device="cpu", precision="fp32")
+    half = NetReconstructor("net", weights, device="cpu", precision="bf16")
+    for i, win, ex, seqs in windows(frames, expos, 2):
+        a = full.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+        b = half.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+        assert b.dtype == np.float32 and np.isfinite(b).all()
+        ta, tb = mu_law(np.clip(a * 0.001, 0, 1)), mu_law(np.clip(b * 0.001, 0, 1))
+        assert np.abs(ta - tb).mean() < 5e-3, f"frame {i}"
+        assert np.abs(ta - tb).max() > 0  # autocast really ran in bf16
+
+
+def test_precision_is_checked():
+    from infer.netrecon import resolve_precision
+
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+        resolve_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("int8", torch.device("cpu"))
