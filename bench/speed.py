@@ -5,7 +5,7 @@ once, as the paper describes. Streaming: each frame's coarse HDR is computed onc
 reused by the overlapping windows, so a frame costs one CoarseNet + one RefineNet pass;
 with cached features (a static camera, or alignment off) RefineNet's feature extractor
 also runs on the new frame only.
-On CUDA it also compares fp32 with bf16/fp16 autocast. With ``--weights`` it times a trained
+On CUDA it also compares fp32 with bf16/fp16 autocast, each with and without channels-last. With ``--weights`` it times a trained
 network as shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the
 CPU) are part of every frame's time.
 
@@ -123,16 +123,17 @@ def main() -> None:
         a.width, a.exposures = net.cfg.width, net.cfg.exposures
     else:
         net = HDRNet(NetConfig(exposures=a.exposures, width=a.width)).to(device).eval()
-    dtypes: list[torch.dtype | None] = [None]
-    if device.type == "cuda":
-        dtypes += [torch.bfloat16, torch.float16]
+    variants: list[tuple[torch.dtype | None, bool]] = [(None, False)]  # (autocast dtype, channels-last)
+    if device.type == "cuda":  # what NetReconstructor does on CUDA (bf16, channels-last) and the rest
+        variants = [(dt, cl) for dt in (None, torch.bfloat16, torch.float16) for cl in (False, True)]
     print(f"network: {a.exposures} exposures, width {a.width}, flow {net.cfg.flow}, device {device} "
           f"({torch.get_num_threads()} CPU threads)" if device.type == "cpu" else f"device {torch.cuda.get_device_name()}")
     for size in a.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
-        for dt in dtypes:
+        for dt, cl in variants:
+            net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             r = bench_size(net, h, w, device, dt, a.repeat)
-            name = "fp32" if dt is None else str(dt).replace("torch.", "")
+            name = ("fp32" if dt is None else str(dt).replace("torch.", "")) + ("+cl" if cl else "")
             print(f"  {w}x{h} (padded {r['padded']}) {name:9s} windowed {r['windowed_ms']:8.1f} ms/frame   "
                   f"streaming {r['streaming_ms']:8.1f}   + cached features {r['features_ms']:8.1f} ms/frame   peak {r['peak_mb']:7.0f} MiB")
 
