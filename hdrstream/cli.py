@@ -30,6 +30,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
     g.add_argument("--device", default=None, help="network methods: cpu, cuda, cuda:N (default: CUDA when present)")
     g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="network methods: autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
+    g.add_argument("--tile", type=int, default=None,
+                   help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
+                        "default: frames above ~2.2 Mpx in 1024-pixel tiles")
     g.add_argument("--crf", default="gamma2.2", help="inverse CRF: gamma2.2 or a CRF JSON file")
     g.add_argument("--no-align", action="store_true", help="skip global similarity alignment")
     g.add_argument("--no-preview", action="store_true", help="no per-frame PNG previews or video")
@@ -51,7 +54,8 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     stages = [
         Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align)),
-        InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision),
+        InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
+                   tile=args.tile),
         Sink(SinkConfig(
             out_dir=str(out_dir), preview=not args.no_preview, video=not args.no_preview,
             gt_dir=str(gt_dir) if gt_dir else None, main_method=args.method,

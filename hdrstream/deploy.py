@@ -70,6 +70,7 @@ class InferConfig:
     compare: list[str] = field(default_factory=list)
     device: str = ""  # network methods: "" = CUDA when present, else "cpu"; or e.g. "cuda:1"
     precision: str = "auto"  # network methods: auto | fp32 | bf16 | fp16
+    tile: int = -1  # network methods: tile size in pixels (multiple of 16); 0 never; -1 frames above ~2.2 Mpx
 
 
 @dataclass
@@ -108,7 +109,8 @@ class Deployment:
         from infer.stage import InferStage
 
         return InferStage(method=self.infer.method, compare=self.infer.compare,
-                          device=self.infer.device or None, precision=self.infer.precision)
+                          device=self.infer.device or None, precision=self.infer.precision,
+                          tile=None if self.infer.tile < 0 else self.infer.tile)
 
     def sink_stage(self):
         from sink.stage import Sink

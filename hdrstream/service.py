@@ -249,6 +249,9 @@ def add_service_parsers(sub) -> None:
     i.add_argument("--device", default=None, help="network methods: cpu, cuda, cuda:N (default: CUDA when present)")
     i.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                    help="network methods: autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
+    i.add_argument("--tile", type=int, default=None,
+                   help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
+                        "default: frames above ~2.2 Mpx in 1024-pixel tiles")
     i.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on this port (0: off)")
     i.set_defaults(func=_flags_infer)
 
@@ -294,7 +297,8 @@ def _flags_infer(args: argparse.Namespace) -> int:
     from infer.stage import InferStage
 
     compare = [m for m in args.compare.split(",") if m]
-    stage = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision)
+    stage = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
+                       tile=args.tile)
     return serve_infer(stage, args.inp, args.out,
                        metrics_port=args.metrics_port)
 

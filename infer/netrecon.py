@@ -4,12 +4,16 @@ Windowed (the paper): every window runs CoarseNet on the three windows centred o
 i-1, i, i+1, then RefineNet. Streaming: consecutive windows overlap, so each coarse HDR
 is computed once, cached under the seqs of the CoarseNet window that made it, and reused
 by later windows after warping it by the global similarity the window message carries
-(identity when preprocess did not align). A frame's RefineNet features are cached likewise
-and reused while its coarse HDR needs no warping (a static camera, or alignment off), so
-each window then runs CoarseNet and the feature extractor once, on its newest frame. The centre's own coarse HDR is reused only
+(identity when preprocess did not align). The centre's own coarse HDR is reused only
 unwarped: the output keeps it wherever the reference is well exposed, and a resampled
 copy would blur it (with a moving camera a frame then costs two CoarseNet passes, not
-one). With identity warps both give the same result.
+one). With identity warps both give the same result. A frame's RefineNet features are
+cached likewise and reused while its coarse HDR needs no warping (a static camera, or
+alignment off), so each window then runs CoarseNet and the feature extractor once, on its
+newest frame.
+
+Large frames run in overlapping tiles (``tile``), the same way windowed and streaming, so
+memory stays bounded at the camera's full 4096×2168.
 """
 from __future__ import annotations
 
@@ -52,6 +56,13 @@ def _identity(warp: Sequence[float]) -> bool:
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# Frames above AUTO_TILE_PIXELS run in tiles of AUTO_TILE pixels, each seeing TILE_MARGIN more
+# on every side: activations scale with the area (~2.6 KiB/pixel for the shipped network on a
+# CPU), so the camera's 4096×2168 would need ~23 GiB whole and needs ~4 GiB tiled.
+AUTO_TILE_PIXELS = 2_200_000
+AUTO_TILE = 1024
+TILE_MARGIN = 64
+TILE_MULTIPLE = 16  # HDRNet.multiple: tiles and margins keep the padded grid
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -73,6 +84,10 @@ class NetReconstructor:
 
     ``precision``: the autocast dtype of the network's convolutions (outputs are float32
     either way); on CUDA the model also runs channels-last, the layout tensor cores want.
+    ``tile``: run CoarseNet and RefineNet on tiles of this many pixels (each with
+    ``tile_margin`` more context on every side, cropped off), so memory stays bounded at any
+    frame size; 0 never tiles, None tiles frames above ``AUTO_TILE_PIXELS``. Seams differ
+    from whole-frame inference only where the network looks further than the margin.
     """
 
     def __init__(
@@ -82,9 +97,15 @@ class NetReconstructor:
         device: str | None = None,
         stream: bool = True,
         precision: str = "auto",
+        tile: int | None = None,
+        tile_margin: int = TILE_MARGIN,
     ) -> None:
         if name not in ("net", "coarse"):
             raise ValueError(f"NetReconstructor is 'net' or 'coarse', got {name!r}")
+        for what, v in (("tile", tile or 0), ("tile_margin", tile_margin)):
+            if v < 0 or v % TILE_MULTIPLE:
+                raise ValueError(f"{what} must be a non-negative multiple of {TILE_MULTIPLE}, got {v}")
+        self.tile, self.tile_margin = tile, tile_margin
         self.name = name
         self.weights = {n: Path(p) for n, p in (weights or {}).items()}
         self.device = _device(device)
@@ -101,6 +122,7 @@ class NetReconstructor:
         self._features: dict[tuple[int, ...], RefineFeatures] = {}  # coarse-window seqs -> RefineNet features
         self.coarse_runs = 0
         self.feature_runs = 0
+        self.tiles_run = 0  # tiled network calls (for tests and logs)
         self._dis = None  # ClassicalReconstructor, for networks of the DIS-flow variant
 
     # -- model -----------------------------------------------------------------------
@@ -178,15 +200,46 @@ class NetReconstructor:
     def _windowed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
         h, w = frames.shape[1:3]
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
+        half = net.cfg.coarse_frames // 2
+        centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
+        coarse = [self._coarse(net, x, expo, self._flows(net, frames, exposures, j), j - half, j + half + 1)
+                  for j in centres]  # what HDRNet.forward does, by stages, so that both can tile
         if self.name == "coarse":
-            c = net.cfg.coarse_frames
-            s = ref - c // 2
-            flows = self._flows(net, frames, exposures, ref)
-            return self._to_numpy(net.coarse_forward(x[:, s:s + c], expo[:, s:s + c], flows), h, w, t_min)
-        flows = None
-        if net.cfg.flow == "dis":
-            flows = torch.stack([self._flows(net, frames, exposures, j) for j in (ref - 1, ref, ref + 1)], dim=1)
-        return self._to_numpy(net(x, expo, flows)["hdr"], h, w, t_min)
+            return self._to_numpy(coarse[0], h, w, t_min)
+        return self._to_numpy(self._refine(net, torch.stack(coarse, dim=1), x[:, ref], expo[:, ref - 1:ref + 2]),
+                              h, w, t_min)
+
+    def _coarse(self, net, x, expo, flows, a: int, b: int) -> torch.Tensor:
+        """CoarseNet on window frames a..b-1 (tiled when the frame is large)."""
+        return self._tiled(lambda xs, fs: net.coarse_forward(xs, expo[:, a:b], fs), x[:, a:b], flows)
+
+    def _refine(self, net, coarse3, ldr_ref, expo3, feats: RefineFeatures | None = None) -> torch.Tensor:
+        if feats is not None:
+            return net.refine_forward(coarse3, ldr_ref, expo3, feats)["hdr"]
+        return self._tiled(lambda c3, lr: net.refine_forward(c3, lr, expo3)["hdr"], coarse3, ldr_ref)
+
+    def _tile_size(self, h: int, w: int) -> int:
+        if self.tile is None:
+            return AUTO_TILE if h * w > AUTO_TILE_PIXELS else 0
+        return 0 if self.tile >= max(h, w) else self.tile
+
+    def _tiled(self, fn, *tensors: torch.Tensor | None) -> torch.Tensor:
+        """``fn(*tensors)`` over overlapping tiles of their last two dims, stitched."""
+        h, w = next(t for t in tensors if t is not None).shape[-2:]
+        size, m = self._tile_size(h, w), self.tile_margin
+        if not size:
+            return fn(*tensors)
+        out = None
+        for y0 in range(0, h, size):
+            for x0 in range(0, w, size):
+                y1, x1 = min(h, y0 + size), min(w, x0 + size)
+                ya, xa, yb, xb = max(0, y0 - m), max(0, x0 - m), min(h, y1 + m), min(w, x1 + m)
+                part = fn(*(None if t is None else t[..., ya:yb, xa:xb] for t in tensors))
+                if out is None:
+                    out = part.new_empty(part.shape[:-2] + (h, w))
+                out[..., y0:y1, x0:x1] = part[..., y0 - ya:y1 - ya, x0 - xa:x1 - xa]
+        self.tiles_run += 1
+        return out
 
     # -- streaming -------------------------------------------------------------------
 
@@ -232,8 +285,7 @@ class NetReconstructor:
                 coarse[j] = self._warped(hit[1], warps[position[hit[0]]])
                 as_cached[j] = _identity(warps[position[hit[0]]])
                 continue
-            flows = self._flows(net, frames, exposures, j)
-            out = net.coarse_forward(x[:, j - half:j + half + 1], expo[:, j - half:j + half + 1], flows)
+            out = self._coarse(net, x, expo, self._flows(net, frames, exposures, j), j - half, j + half + 1)
             self.coarse_runs += 1
             # cached at the padded size: RefineNet must see exactly what the windowed path sees
             coarse[j] = out[0].permute(1, 2, 0).float().cpu().numpy()
@@ -245,6 +297,8 @@ class NetReconstructor:
             return np.ascontiguousarray(coarse[ref][:h, :w] / np.float32(t_min), np.float32)
         expo3 = expo[:, ref - 1:ref + 2]
         coarse3 = torch.stack([self._tensor(coarse[j]) for j in (ref - 1, ref, ref + 1)], dim=0)[None]
+        if self._tile_size(*coarse3.shape[-2:]):  # tiles compute their own features
+            return self._to_numpy(self._refine(net, coarse3, x[:, ref], expo3), h, w, t_min)
         parts = []
         for t, j in enumerate((ref - 1, ref, ref + 1)):
             # A frame's RefineNet features depend on its coarse HDR alone, so they are reused
@@ -257,8 +311,8 @@ class NetReconstructor:
                 if as_cached[j]:
                     self._features[keys[j]] = f
             parts.append(f)
-        out = net.refine_forward(coarse3, x[:, ref], expo3, RefineFeatures.stack(parts))
-        return self._to_numpy(out["hdr"], h, w, t_min)
+        hdr = self._refine(net, coarse3, x[:, ref], expo3, RefineFeatures.stack(parts))
+        return self._to_numpy(hdr, h, w, t_min)
 
     def _tensor(self, img: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(self.device)

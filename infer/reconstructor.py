@@ -36,11 +36,13 @@ def network_shipped() -> bool:
     return all(default_weights(n).is_file() for n in (2, 3))
 
 
-def make_reconstructor(name: str, device: str | None = None, precision: str = "auto") -> Reconstructor:
+def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
+                       tile: int | None = None) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names.
 
-    ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present) and ``precision``
-    (auto | fp32 | bf16 | fp16) concern the network methods only.
+    ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present), ``precision``
+    (auto | fp32 | bf16 | fp16) and ``tile`` (pixels; 0 never, None for large frames)
+    concern the network methods only.
     """
     if name == "classical":
         from infer.classical import ClassicalReconstructor
@@ -53,7 +55,7 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
     if name in ("net", "coarse"):
         from infer.netrecon import NetReconstructor
 
-        return NetReconstructor(name, device=device, precision=precision)  # weights load on the first window: their size picks 2 or 3 exposures
+        return NetReconstructor(name, device=device, precision=precision, tile=tile)  # weights load on the first window: their size picks 2 or 3 exposures
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")
 
 

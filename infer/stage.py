@@ -21,9 +21,9 @@ class InferStage:
     name = "infer"
 
     def __init__(self, method: str = "classical", compare: Sequence[str] = (), device: str | None = None,
-                 precision: str = "auto") -> None:
+                 precision: str = "auto", tile: int | None = None) -> None:
         names = [method] + [m for m in compare if m != method]
-        self.methods = [make_reconstructor(n, device, precision) for n in dict.fromkeys(names)]
+        self.methods = [make_reconstructor(n, device, precision, tile) for n in dict.fromkeys(names)]
         self.ignored = 0
         self.windows = 0
 

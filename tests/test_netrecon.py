@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from infer.net.model import HDRNet, NetConfig, save_weights
-from infer.netrecon import NetReconstructor
+from infer.netrecon import NetReconstructor, default_weights
 
 IDENTITY = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
@@ -175,3 +175,47 @@ def test_precision_is_checked():
         resolve_precision("fp16", torch.device("cpu"))
     with pytest.raises(ValueError, match="precision must be one of"):
         resolve_precision("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("method", ["net", "coarse"])
+def test_tiled_inference_matches_whole_frames_and_streams_like_windowed(weights, method):
+    """Tiles with a margin give the whole-frame result up to seams the margin cannot hide
+    (the network's reach is wider than it); streaming tiles exactly as windowed does."""
+    frames, expos = stream_of(7, 2, h=80, w=112, seed=5)
+    whole = NetReconstructor(method, weights, device="cpu", stream=False, tile=0)
+    tiled = NetReconstructor(method, weights, device="cpu", stream=False, tile=32, tile_margin=32)
+    stream = NetReconstructor(method, weights, device="cpu", tile=32, tile_margin=32)
+    for i, win, ex, seqs in windows(frames, expos, 2):
+        a, b = whole.reconstruct(win, ex, 2), tiled.reconstruct(win, ex, 2)
+        c = stream.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+        assert b.shape == a.shape and np.isfinite(b).all()
+        rel = np.abs(b - a) / (np.abs(a) + 1e-3 * a.max())
+        assert np.median(rel) < 1e-3 and rel.mean() < 5e-3, f"frame {i}: {np.median(rel)}, {rel.mean()}"
+        np.testing.assert_allclose(c, b, rtol=1e-5, atol=1e-6 * b.max(), err_msg=f"frame {i}")
+    assert whole.tiles_run == 0 and tiled.tiles_run > 0 and stream.tiles_run > 0
+
+
+def test_large_frames_tile_by_default_and_tile_sizes_are_checked(weights, monkeypatch):
+    import infer.netrecon as netrecon
+
+    monkeypatch.setattr(netrecon, "AUTO_TILE_PIXELS", 64 * 64)
+    monkeypatch.setattr(netrecon, "AUTO_TILE", 32)
+    frames, expos = stream_of(5, 2, h=80, w=112)
+    auto = NetReconstructor("net", weights, device="cpu", stream=False)
+    assert np.isfinite(auto.reconstruct(frames, expos, 2)).all() and auto.tiles_run > 0
+    small = NetReconstructor("net", weights, device="cpu", stream=False)
+    small.reconstruct(frames[:, :48, :48], expos, 2)
+    assert small.tiles_run == 0
+    for bad in (-16, 24):
+        with pytest.raises(ValueError, match="multiple of 16"):
+            NetReconstructor("net", weights, device="cpu", tile=bad)
+
+
+@pytest.mark.skipif(not all(default_weights(n).is_file() for n in (2, 3)), reason="no shipped weights")
+def test_shipped_network_is_seamless_in_tiles():
+    """With the shipped weights 32-pixel margins already hide the seams of 32-pixel tiles
+    (the 1024/64 default is far more generous)."""
+    frames, expos = stream_of(5, 2, h=80, w=112, seed=5)
+    a = NetReconstructor("net", device="cpu", stream=False, tile=0).reconstruct(frames, expos, 2)
+    b = NetReconstructor("net", device="cpu", stream=False, tile=32, tile_margin=32).reconstruct(frames, expos, 2)
+    assert np.abs(b - a).max() <= 1e-3 * np.abs(a).max()
