@@ -162,19 +162,39 @@ def scene_window(times: tuple[float, ...], ghost: bool = False) -> tuple[torch.T
     return torch.stack(frames, dim=1), torch.tensor([times]), hdr
 
 
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per-channel", "brightest"])
 @pytest.mark.parametrize("times", [(8.0, 1.0, 8.0), (1.0, 8.0, 1.0), (4.0, 16.0, 1.0, 4.0, 16.0)])
-def test_untrained_coarse_with_prior_merges_like_the_classical_merge(times):
+def test_untrained_coarse_with_prior_merges_like_the_classical_merge(times, per_channel):
     """The weight prior: unsaturated long exposures dominate, clipped pixels come from the
     shortest frame, so a static, noise-free scene comes back almost exactly before training."""
     torch.manual_seed(0)
     ldr, expo, hdr = scene_window(times)
     flows = torch.zeros(1, len(times) - 1, 2, SIZE, SIZE)
     plain = CoarseNet(exposures=(len(times) + 1) // 2, width=0.25)
-    prior = CoarseNet(exposures=(len(times) + 1) // 2, width=0.25, weight_prior=True)
+    prior = CoarseNet(exposures=(len(times) + 1) // 2, width=0.25, weight_prior=True,
+                      prior_per_channel=per_channel)
     with torch.no_grad():
         err_prior = (mu_law(prior(ldr, expo, flows)) - mu_law(hdr)).abs().max()
         err_plain = (mu_law(plain(ldr, expo, flows)) - mu_law(hdr)).abs().max()
     assert err_prior < 0.02 < err_plain, (err_prior, err_plain)
+
+
+def test_per_channel_prior_keeps_the_references_unclipped_channels():
+    """A long reference whose red alone is clipped: per channel, green and blue keep the
+    reference's full weight (its cleanest data) and only red goes to the short frames; by the
+    brightest channel all three would."""
+    from infer.net.ops import merge_prior
+
+    ldr = torch.full((1, 3, 3, 4, 4), 0.5)
+    ldr[:, 0, 0] = 1.0  # the reference (first, t = 8): red clipped
+    ldr[:, 1:] = 0.5 * (1 / 8) ** (1 / 2.2)  # the short frames agree with it
+    ldr[:, 1:, 0] = 1.0 * (1 / 8) ** (1 / 2.2)
+    expo = torch.tensor([[8.0, 1.0, 1.0]])
+    per_channel, brightest = merge_prior(ldr, expo, per_channel=True), merge_prior(ldr, expo)
+    assert per_channel.shape == (1, 3, 3, 4, 4) and brightest.shape == (1, 3, 1, 4, 4)
+    assert per_channel[0, 0, 1:].min() > 7.9 and per_channel[0, 0, 0].max() < 1e-2
+    assert brightest[0, 0].max() < 1e-2
+    assert per_channel[0, 1:].min() > 0.9  # the short frames keep their weight in every channel
 
 
 def test_untrained_coarse_with_prior_rejects_a_ghost():

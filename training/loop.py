@@ -114,7 +114,8 @@ class Trainer:
         random.seed(cfg.seed)
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
-                                 refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend)
+                                 refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
+                                 prior_per_channel=cfg.prior_per_channel)
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)

@@ -29,13 +29,17 @@ class CoarseNet(nn.Module):
             predicting them from nothing (see ``infer.net.weights``), and, as the classical
             merge does, a clipped centre pixel bounds the blend from below (its radiance is
             at least its clip level: a misaligned or moved neighbour cannot darken it).
+        prior_per_channel: the prior's saturation roll-off per colour channel, so a pixel
+            with one clipped channel keeps the reference's other two (as the classical
+            merge's per-channel mask does), rather than by the brightest channel.
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
     def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True,
-                 weight_prior: bool = False) -> None:
+                 weight_prior: bool = False, prior_per_channel: bool = False) -> None:
         super().__init__()
+        self.prior_per_channel = prior_per_channel
         self.exposures = exposures
         self.frames = 2 * exposures - 1
         self.flow = SpyFlowNet(exposures, width) if learned_flow else None
@@ -74,7 +78,7 @@ class CoarseNet(nn.Module):
         t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
         hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
         x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
-        prior = merge_prior(images, t) if self.weight.prior else None
+        prior = merge_prior(images, t, per_channel=self.prior_per_channel) if self.weight.prior else None
         hdr, weights = self.weight(x, hdrs, prior)
         if self.weight.prior:  # a clipped centre bounds the radiance from below (as the classical merge)
             clipped = (images[:, 0] >= SAT_END).to(hdr.dtype)

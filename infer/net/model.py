@@ -51,6 +51,9 @@ class NetConfig:
             weights (True) or are the paper's plain sigmoid outputs (False).
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
+        prior_per_channel: with ``weight_prior``, the prior's saturation roll-off per colour
+            channel (True) or by the brightest channel (False; the weights shipped before
+            2026-11-28 evening were trained with it).
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
             it may also remove the noise and demosaicing errors of well-exposed pixels.
@@ -63,6 +66,7 @@ class NetConfig:
     flow: str = "learned"
     weight_prior: bool = True
     refine_residual: bool = True
+    prior_per_channel: bool = True
     mask_blend: bool = True
 
     def __post_init__(self) -> None:
@@ -116,7 +120,7 @@ class HDRNet(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or NetConfig()
         self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
-                                weight_prior=cfg.weight_prior)
+                                weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.meta: dict = {}  # filled by load_weights

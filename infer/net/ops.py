@@ -83,11 +83,11 @@ FALLBACK = 1e-3
 
 
 def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_end: float = SAT_END,
-                ghost_tol: float = GHOST_TOL, fallback: float = FALLBACK) -> Tensor:
+                ghost_tol: float = GHOST_TOL, fallback: float = FALLBACK, per_channel: bool = False) -> Tensor:
     """The classical merge's blending weights (``infer.classical``), as a prior for CoarseNet.
 
     Image j's weight is ``t_j`` (shot-noise SNR) × a smooth roll-off as its brightest channel
-    nears saturation × (for j > 0) its agreement with image 0, the reference: both brought
+    (``per_channel``: each channel, for its own weight) nears saturation × (for j > 0) its agreement with image 0, the reference: both brought
     to the brighter exposure, a 3×3 mean of the grey difference, ``exp(-(d/tol)²)`` with the
     tolerance widened by the darker frame's amplified noise. ``fallback`` keeps some weight
     everywhere so that the network can undo a rejection.
@@ -97,11 +97,13 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_
             exposure times.
 
     Returns:
-        (b, n, 1, H, W), no gradient (a fixed heuristic the weight network corrects).
+        (b, n, 1, H, W), or (b, n, 3, H, W) ``per_channel``; no gradient (a fixed heuristic
+        the weight network corrects).
     """
     with torch.no_grad():
         ldr = images.clamp(0.0, 1.0)
-        x = ((sat_end - ldr.amax(dim=2, keepdim=True)) / (sat_end - sat_start)).clamp(0.0, 1.0)
+        level = ldr if per_channel else ldr.amax(dim=2, keepdim=True)
+        x = ((sat_end - level) / (sat_end - sat_start)).clamp(0.0, 1.0)
         t = expo.to(ldr.dtype)[..., None, None, None]  # (b, n, 1, 1, 1)
         prior = x * x * (3.0 - 2.0 * x) * t
         grey = (ldr * ldr.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(dim=2, keepdim=True)
