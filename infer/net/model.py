@@ -51,9 +51,9 @@ class NetConfig:
             weights (True) or are the paper's plain sigmoid outputs (False).
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
-        prior_per_channel: with ``weight_prior``, the prior's saturation roll-off per colour
-            channel (True) or by the brightest channel (False; the weights shipped before
-            2026-11-28 evening were trained with it).
+        prior_per_channel: with ``weight_prior``, the prior rolls the reference's weight off
+            per colour channel (True) or by its brightest channel (False; weights made before
+            this switch were trained so).
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
             it may also remove the noise and demosaicing errors of well-exposed pixels.
