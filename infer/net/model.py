@@ -52,8 +52,8 @@ class NetConfig:
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
         prior_per_channel: with ``weight_prior``, the prior rolls the reference's weight off
-            per colour channel (True) or by its brightest channel (False; weights made before
-            this switch were trained so).
+            per colour channel (True) or by its brightest channel (False, what ships): on the
+            validation sequences +0.66 dB PSNR-μ from RGB8 frames, -0.23 dB from BayerRG8.
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
             it may also remove the noise and demosaicing errors of well-exposed pixels.
@@ -66,7 +66,7 @@ class NetConfig:
     flow: str = "learned"
     weight_prior: bool = True
     refine_residual: bool = True
-    prior_per_channel: bool = True
+    prior_per_channel: bool = False
     mask_blend: bool = True
 
     def __post_init__(self) -> None:
