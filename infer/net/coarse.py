@@ -29,9 +29,9 @@ class CoarseNet(nn.Module):
             predicting them from nothing (see ``infer.net.weights``), and, as the classical
             merge does, a clipped centre pixel bounds the blend from below (its radiance is
             at least its clip level: a misaligned or moved neighbour cannot darken it).
-        prior_per_channel: the prior rolls the reference's weight off per colour channel, so
-            a reference pixel with one clipped channel keeps its other two (as the classical
-            merge's per-channel mask does), rather than by its brightest channel.
+        prior_per_channel: the prior rolls each frame's weight off per colour channel, so a
+            pixel with one clipped channel keeps its other two (as the classical merge's
+            per-channel mask does for the reference), rather than by its brightest channel.
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels

@@ -51,9 +51,10 @@ class NetConfig:
             weights (True) or are the paper's plain sigmoid outputs (False).
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
-        prior_per_channel: with ``weight_prior``, the prior rolls the reference's weight off
-            per colour channel (True) or by its brightest channel (False, what ships): on the
-            validation sequences +0.66 dB PSNR-μ from RGB8 frames, -0.23 dB from BayerRG8.
+        prior_per_channel: with ``weight_prior``, the prior rolls a frame's weight off per
+            colour channel (True) or by its brightest channel (False, what ships); retrained,
+            on the validation sequences: +0.88 dB PSNR-μ from RGB8 frames, -0.17 dB from
+            BayerRG8 (infer/weights/README.md).
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
             it may also remove the noise and demosaicing errors of well-exposed pixels.

@@ -87,9 +87,8 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_
     """The classical merge's blending weights (``infer.classical``), as a prior for CoarseNet.
 
     Image j's weight is ``t_j`` (shot-noise SNR) × a smooth roll-off as its brightest channel
-    nears saturation (``per_channel``: the reference's roll-off per channel, so it keeps the
-    channels it did not clip; measured on the validation sequences, per-channel roll-offs for
-    the neighbours as well cost 0.14 dB on BayerRG8, whose demosaic smears clipping) × (for j > 0) its agreement with image 0, the reference: both brought
+    nears saturation (``per_channel``: each channel's own, so a frame keeps the channels it
+    did not clip) × (for j > 0) its agreement with image 0, the reference: both brought
     to the brighter exposure, a 3×3 mean of the grey difference, ``exp(-(d/tol)²)`` with the
     tolerance widened by the darker frame's amplified noise. ``fallback`` keeps some weight
     everywhere so that the network can undo a rejection.
@@ -104,9 +103,7 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_
     """
     with torch.no_grad():
         ldr = images.clamp(0.0, 1.0)
-        level = ldr.amax(dim=2, keepdim=True)
-        if per_channel:  # the reference's own channels; the neighbours' stay by the brightest
-            level = torch.cat((ldr[:, :1], level[:, 1:].expand(-1, -1, 3, -1, -1)), dim=1)
+        level = ldr if per_channel else ldr.amax(dim=2, keepdim=True)
         x = ((sat_end - level) / (sat_end - sat_start)).clamp(0.0, 1.0)
         t = expo.to(ldr.dtype)[..., None, None, None]  # (b, n, 1, 1, 1)
         prior = x * x * (3.0 - 2.0 * x) * t
