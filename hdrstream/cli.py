@@ -18,7 +18,7 @@ METHODS = ("classical", "reference", "net", "coarse")
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) -> None:
-    from infer.reconstructor import DEFAULT_METHOD
+    from infer.reconstructor import DEFAULT_METHOD, add_network_args
 
     g = p.add_argument_group("reconstruction")
     g.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help="reconstructor for the main output")
@@ -27,12 +27,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
         help="comma-separated extra methods written to OUT/<method>/ and scored in the report"
              + ("" if compare_default is not None else " (default: reference, and the network where its weights ship)"),
     )
-    g.add_argument("--device", default=None, help="network methods: cpu, cuda, cuda:N (default: CUDA when present)")
-    g.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="network methods: autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
-    g.add_argument("--tile", type=int, default=None,
-                   help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
-                        "default: frames above ~2.2 Mpx in 1024-pixel tiles")
+    add_network_args(g)
     g.add_argument("--crf", default="gamma2.2", help="inverse CRF: gamma2.2 or a CRF JSON file")
     g.add_argument("--no-align", action="store_true", help="skip global similarity alignment")
     g.add_argument("--no-preview", action="store_true", help="no per-frame PNG previews or video")

@@ -221,6 +221,7 @@ def serve(stage: str, deployment, worker_index: int = 0) -> int:
 def add_service_parsers(sub) -> None:
     from capture.cameras import add_camera_args
     from hdrstream.deploy import GraphConfig
+    from infer.reconstructor import add_network_args
 
     g = GraphConfig()
     c = sub.add_parser("capture", help="service: a camera publishing frames")
@@ -246,12 +247,7 @@ def add_service_parsers(sub) -> None:
     i.add_argument("--out", default=g.worker_out)
     i.add_argument("--method", default="classical", help="reconstructor: classical | net | coarse | reference")
     i.add_argument("--compare", default="")
-    i.add_argument("--device", default=None, help="network methods: cpu, cuda, cuda:N (default: CUDA when present)")
-    i.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="network methods: autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
-    i.add_argument("--tile", type=int, default=None,
-                   help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
-                        "default: frames above ~2.2 Mpx in 1024-pixel tiles")
+    add_network_args(i)
     i.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on this port (0: off)")
     i.set_defaults(func=_flags_infer)
 

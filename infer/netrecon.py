@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from infer.net.refine import RefineFeatures
-from infer.reconstructor import check_window
+from infer.reconstructor import PRECISIONS, check_window
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,6 @@ def _identity(warp: Sequence[float]) -> bool:
     return bool(np.allclose(np.asarray(warp, np.float64).reshape(2, 3), [[1, 0, 0], [0, 1, 0]]))
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Frames above AUTO_TILE_PIXELS run in tiles of AUTO_TILE pixels, each seeing TILE_MARGIN more
 # on every side: activations scale with the area (~2.6 KiB/pixel for the shipped network on a
 # CPU), so the camera's 4096×2168 would need ~23 GiB whole and needs ~4 GiB tiled.

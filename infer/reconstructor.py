@@ -36,6 +36,19 @@ def network_shipped() -> bool:
     return all(default_weights(n).is_file() for n in (2, 3))
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast of the network methods
+
+
+def add_network_args(p) -> None:
+    """The network methods' options (device, precision, tiles), for every command that infers."""
+    p.add_argument("--device", default=None, help="network methods: cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="network methods: autocast dtype (auto: bf16 on CUDA, fp32 on the CPU)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
+                        "default: frames above ~2.2 Mpx in 1024-pixel tiles")
+
+
 def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
                        tile: int | None = None) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names.
