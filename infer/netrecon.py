@@ -65,8 +65,11 @@ TILE_MULTIPLE = 16  # HDRNet.multiple: tiles and margins keep the padded grid
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on a CUDA device that has it (fp16 on older ones), fp32 on the CPU,
-    where autocast is slower than float32 for these convolutions."""
+    """``auto``: bf16 on a CUDA device that has it (fp16 on older ones), fp32 on the CPU.
+
+    On a CPU with native bf16 ``bf16`` is faster (the development machine's EPYC: 0.58 s
+    against 0.88 s per 512×288 window, shipped network), but CPUs without it emulate it
+    slowly, so it is asked for rather than assumed."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
