@@ -4,10 +4,10 @@ Windowed: every window runs CoarseNet three times (frames i-1, i, i+1) and Refin
 once, as the paper describes. Streaming: each frame's coarse HDR is computed once and
 reused by the overlapping windows, so a frame costs one CoarseNet + one RefineNet pass;
 with cached features (a static camera, or alignment off) RefineNet's feature extractor
-also runs on the new frame only.
-On CUDA it also compares fp32 with bf16/fp16 autocast, each with and without channels-last. With ``--weights`` it times a trained
-network as shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the
-CPU) are part of every frame's time.
+also runs on the new frame only. On CUDA it also compares fp32 with bf16/fp16 autocast,
+each with and without channels-last. With ``--weights`` it times a trained network as
+shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the CPU) are
+part of every frame's time.
 
     .venv/bin/python bench/speed.py [--sizes 1280x720,1536x813,1920x1080] [--width 1.0] [--exposures 2]
     .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors
@@ -77,26 +77,22 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
         with torch.inference_mode(), autocast:
             net(ldr, expo, flows)
 
-    def streaming():  # one CoarseNet pass for the new frame + RefineNet on cached neighbours
-        flows = flows_of(mid)
-        with torch.inference_mode(), autocast:
-            s = mid - c // 2
-            centre = net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c], flows)
-            coarse3 = torch.stack([centre, centre, centre], dim=1)
-            net.refine_forward(coarse3, ldr[:, mid], expo[:, mid - 1:mid + 2])
+    s, expo3 = mid - c // 2, expo[:, mid - 1:mid + 2]
 
-    expo3 = expo[:, mid - 1:mid + 2]
+    def new_coarse3() -> torch.Tensor:  # one CoarseNet pass for the new frame, its neighbours cached
+        centre = net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c], flows_of(mid))
+        return torch.stack([centre, centre, centre], dim=1)
+
+    def streaming():  # ... + RefineNet on the three
+        with torch.inference_mode(), autocast:
+            net.refine_forward(new_coarse3(), ldr[:, mid], expo3)
+
     with torch.inference_mode(), autocast:  # features of frames i-1, i, kept from earlier windows
-        s = mid - c // 2
-        kept = net.features(torch.stack([net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c], flows_of(mid))] * 2, dim=1),
-                            expo[:, mid - 1:mid + 1], expo3)
+        kept = net.features(new_coarse3()[:, :2], expo[:, mid - 1:mid + 1], expo3)
 
     def streaming_features():  # ... and RefineNet's feature extractor only on the new frame
-        flows = flows_of(mid)
         with torch.inference_mode(), autocast:
-            s = mid - c // 2
-            centre = net.coarse_forward(ldr[:, s:s + c], expo[:, s:s + c], flows)
-            coarse3 = torch.stack([centre, centre, centre], dim=1)
+            coarse3 = new_coarse3()
             new = net.features(coarse3[:, 2:3], expo[:, mid + 1:mid + 2], expo3)
             net.refine_forward(coarse3, ldr[:, mid], expo3, RefineFeatures.stack([kept, new]))
 
@@ -105,7 +101,8 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
     t_win = time_it(windowed, device, repeat)
     t_str = time_it(streaming, device, repeat)
     t_feat = time_it(streaming_features, device, repeat)
-    return {"windowed_ms": 1e3 * t_win, "streaming_ms": 1e3 * t_str, "features_ms": 1e3 * t_feat, "peak_mb": peak_mb(device), "padded": f"{W}x{H}"}
+    return {"windowed_ms": 1e3 * t_win, "streaming_ms": 1e3 * t_str, "features_ms": 1e3 * t_feat,
+            "peak_mb": peak_mb(device), "padded": f"{W}x{H}"}
 
 
 def main() -> None:
@@ -135,7 +132,8 @@ def main() -> None:
             r = bench_size(net, h, w, device, dt, a.repeat)
             name = ("fp32" if dt is None else str(dt).replace("torch.", "")) + ("+cl" if cl else "")
             print(f"  {w}x{h} (padded {r['padded']}) {name:9s} windowed {r['windowed_ms']:8.1f} ms/frame   "
-                  f"streaming {r['streaming_ms']:8.1f}   + cached features {r['features_ms']:8.1f} ms/frame   peak {r['peak_mb']:7.0f} MiB")
+                  f"streaming {r['streaming_ms']:8.1f}   + cached features {r['features_ms']:8.1f} ms/frame   "
+                  f"peak {r['peak_mb']:7.0f} MiB")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
     if name in ("net", "coarse"):
         from infer.netrecon import NetReconstructor
 
-        return NetReconstructor(name, device=device, precision=precision, tile=tile)  # weights load on the first window: their size picks 2 or 3 exposures
+        # weights load on the first window: its size picks 2 or 3 exposures
+        return NetReconstructor(name, device=device, precision=precision, tile=tile)
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")
 
 
