@@ -273,8 +273,7 @@ class NetReconstructor:
                   seqs: Sequence[int], warps: Sequence[Sequence[float]]) -> np.ndarray:
         n, h, w, _ = frames.shape
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
-        c = net.cfg.coarse_frames
-        half = c // 2
+        half = net.cfg.coarse_frames // 2
         centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
         position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
         coarse, keys, as_cached = {}, {}, {}
