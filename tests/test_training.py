@@ -207,12 +207,16 @@ def test_refine_stage_from_a_coarse_run_takes_only_coarsenet(tmp_path):
     assert not torch.allclose(got[last], coarse_run.state_dict()[last])
 
 
-def test_a_blended_network_fine_tunes_without_the_blend(tmp_path):
-    """--init weights trained with the mask blend into a mask_blend=false run: same
-    parameters, so all are taken; any other difference of architecture is refused."""
+@pytest.mark.parametrize("switch", ["mask_blend", "prior_per_channel"])
+def test_a_network_fine_tunes_across_parameter_free_switches(tmp_path, switch):
+    """--init weights trained with the mask blend and the brightest-channel prior into a run
+    without the blend, or with the per-channel prior: same parameters, so all are taken;
+    any other difference of architecture is refused."""
     Trainer(tiny_cfg(tmp_path / "a", stage="refine", steps=1)).run()
     path = tmp_path / "a" / "run" / "last.safetensors"
-    tuned = Trainer(tiny_cfg(tmp_path / "b", stage="refine", init=str(path), seed=1, mask_blend=False))
+    flipped = {switch: not getattr(load_weights(path).cfg, switch)}
+    tuned = Trainer(tiny_cfg(tmp_path / "b", stage="refine", init=str(path), seed=1, **flipped))
+    assert getattr(tuned.model.cfg, switch) == flipped[switch]
     src = load_weights(path).state_dict()
     assert all(torch.equal(tuned.model.state_dict()[k], v) for k, v in src.items())
     with pytest.raises(ValueError, match="its network is"):

@@ -149,7 +149,9 @@ class Trainer:
             state, stage = ckpt["model"], json.loads(ckpt.get("config", "{}")).get("stage")
         else:
             src = load_weights(p)
-            if replace(src.cfg, mask_blend=self.net_cfg.mask_blend) != self.net_cfg:  # the blend has no weights
+            # the blend and the prior's roll-off have no weights: they may change between runs
+            free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel}
+            if replace(src.cfg, **free) != self.net_cfg:
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
         if stage == "coarse" and self.cfg.stage != "coarse":
