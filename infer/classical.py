@@ -18,13 +18,21 @@ Kalantari et al. 2013:
    the brighter exposure, it disagrees with the reference by more than noise explains.
    Clipping both at the brighter exposure makes a saturated reference agree with anything
    at least as bright, so only real contradictions count.
-3. The paper's final blend H = M·H_ref + (1-M)·H_merge (M: well-exposed mask of the
-   reference) is applied when the reference is the longest exposure of the window: its
-   well-exposed pixels are already the cleanest there are, and the shorter neighbours can
+3. In two-exposure cycles the nearest frames of the reference's own exposure (i±2) join
+   the merge too (``same_exposure``): they are as clean as the reference, so where they
+   agree with it they average its noise away, like a burst merge. In three-exposure cycles
+   they are three frames away and add more misalignment than they remove noise.
+4. Without them, the paper's final blend H = M·H_ref + (1-M)·H_merge (M: well-exposed mask
+   of the reference) is applied when the reference is the longest exposure of the window:
+   its well-exposed pixels are then the cleanest there are, and the shorter neighbours can
    only add misalignment. For shorter references the blend is skipped (``keep_reference``):
    their well-exposed pixels are still noisy, and the deghosted merge, which already falls
    back to the reference wherever a neighbour disagrees, averages that noise away
    (measured on the simulated camera: +2 to +4 dB PSNR-μ for short references).
+
+Measured on the validation sequences (6 seeds, 512×288, 2 exposures), the same-exposure
+merge without the blend against the blend alone: +0.8 to +1.1 dB PSNR-μ from BayerRG8,
++0.5 to +1.2 dB from RGB8, at 1:4 and 1:8, with lower flicker.
 
 Where the reference is saturated and every neighbour was rejected, the merge keeps the
 neighbours with a small weight, bounded below by the reference's clipped value (a clipped
@@ -59,14 +67,17 @@ class ClassicalConfig:
     sat_end: float = 0.97  # ... and where its weight reaches zero
     ghost_tol: float = 0.015  # tolerated mean |ΔL| at the brighter exposure (grows with gain)
     ghost_blur_px: int = 3  # box filter on the difference before thresholding
-    same_exposure: bool = False  # also merge the nearest frames of the reference's exposure
+    # also merge the nearest frames of the reference's exposure; None: in two-exposure cycles
+    same_exposure: bool | None = None
     fallback_weight: float = 0.001  # keeps rejected neighbours where nothing else is left
-    keep_reference: str = "longest"  # the paper's blend M·H_ref + (1-M)·H_merge: never|longest|always
+    # the paper's blend M·H_ref + (1-M)·H_merge: never|longest|always, or auto: longest unless
+    # the reference's exposure is merged too (the blend would throw that averaging away)
+    keep_reference: str = "auto"
     mask_reduce: str = "none"  # for keep_reference, see infer.mask
 
     def __post_init__(self) -> None:
-        if self.keep_reference not in ("never", "longest", "always"):
-            raise ValueError(f"keep_reference must be never|longest|always, got {self.keep_reference!r}")
+        if self.keep_reference not in ("auto", "never", "longest", "always"):
+            raise ValueError(f"keep_reference must be auto|never|longest|always, got {self.keep_reference!r}")
         if not 0.0 <= self.sat_start < self.sat_end <= 1.0:
             raise ValueError(f"need 0 <= sat_start < sat_end <= 1, got {self.sat_start}, {self.sat_end}")
         if self.ghost_tol <= 0 or self.flow_max_px < 1:
@@ -91,12 +102,18 @@ class ClassicalReconstructor:
         cfg = self.cfg
         L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
         H_ref = to_hdr(L_ref, t_ref)
+        same = cfg.same_exposure
+        if same is None:
+            same = _cycle_length(exposures) == 2
+        keep = cfg.keep_reference
+        if keep == "auto":
+            keep = "never" if same else "longest"
         M = None
-        if cfg.keep_reference == "always" or (cfg.keep_reference == "longest" and _same(t_ref, max(exposures))):
+        if keep == "always" or (keep == "longest" and _same(t_ref, max(exposures))):
             M = well_exposed_mask(L_ref, exposures, ref, reduce=cfg.mask_reduce)
             if M.min() >= 1.0:
                 return H_ref
-        nbrs = self.neighbours(exposures, ref, cfg.same_exposure)
+        nbrs = self.neighbours(exposures, ref, same)
         if not nbrs:
             return H_ref
         maps = _Flows(self, frames, exposures, ref).maps(nbrs)
@@ -305,6 +322,15 @@ def _up(bright: float, t: float) -> np.float32:
 def _noise_gain(t_a: float, t_b: float) -> float:
     """How much the exposure match amplifies the darker frame's noise, softened."""
     return 0.5 + 0.5 * (max(t_a, t_b) / min(t_a, t_b)) ** (1 / 2.2)
+
+
+def _cycle_length(exposures: Sequence[float]) -> int:
+    """How many distinct exposures the window holds."""
+    distinct: list[float] = []
+    for t in exposures:
+        if not any(_same(float(t), d) for d in distinct):
+            distinct.append(float(t))
+    return len(distinct)
 
 
 def _same(a: float, b: float) -> bool:
