@@ -132,6 +132,9 @@ def test_validation_set_is_disjoint_from_training(tmp_path):
     again = validation_set(small_data(), 2, size=4, crop=CROP, cache_dir=tmp_path)  # from the cache
     assert data["ldr"].shape == (4, 5, 3, CROP, CROP) and torch.equal(data["ldr"], again["ldr"])
     assert data["classical"].shape == (4,) and torch.isfinite(data["classical"]).all()
+    torch.testing.assert_close(again["classical"], data["classical"])
+    cached = torch.load(next(tmp_path.glob("val-*.pt")), weights_only=True)
+    assert "classical" not in cached  # today's classical scores them, not the one that made the cache
     assert {float(e[2]) == float(e.min()) for e in data["expo"]} == {True, False}  # short and long refs
 
 
