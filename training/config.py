@@ -110,7 +110,7 @@ class TrainConfig:
     flow: str = "learned"  # NetConfig.flow: "learned" (the paper's) or "dis" (design §4's variant)
     weight_prior: bool = True  # NetConfig.weight_prior: weights correct the classical merge's
     refine_residual: bool = True  # NetConfig.refine_residual: RefineNet corrects the coarse HDR
-    prior_per_channel: bool = False  # NetConfig.prior_per_channel: saturation roll-off per channel
+    prior_per_channel: bool = True  # NetConfig.prior_per_channel: saturation roll-off per channel (shipped)
     mask_blend: bool = True  # NetConfig.mask_blend: well-exposed pixels keep the coarse HDR (eq. 4)
     steps: int = 40_000  # total optimiser steps of this stage
     batch_size: int = 8

@@ -52,8 +52,9 @@ class NetConfig:
         refine_residual: RefineNet predicts a μ-law correction of the centre's coarse HDR
             (True) or the paper's sigmoid of linear HDR (False).
         prior_per_channel: with ``weight_prior``, the prior rolls a frame's weight off per
-            colour channel (True) or by its brightest channel (False, what ships); retrained,
-            on the validation sequences: +0.88 dB PSNR-μ from RGB8 frames, -0.17 dB from
+            colour channel (True, what ships) or by its brightest channel (False, the default
+            of weights written before it existed); on the validation sequences, 2 / 3
+            exposures: +0.60 / +0.61 dB PSNR-μ from RGB8 frames, -0.17 / +0.05 dB from
             BayerRG8 (infer/weights/README.md).
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
