@@ -7,10 +7,13 @@ with cached features (a static camera, or alignment off) RefineNet's feature ext
 also runs on the new frame only. On CUDA it also compares fp32 with bf16/fp16 autocast,
 each with and without channels-last. With ``--weights`` it times a trained network as
 shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the CPU) are
-part of every frame's time.
+part of every frame's time. ``--compile`` times the network's stages under ``torch.compile``
+(in the precision the reconstructor uses: fp32 on a CPU, bf16 channels-last on CUDA); the
+first call of each compiles and is not counted.
 
     .venv/bin/python bench/speed.py [--sizes 1280x720,1536x813,1920x1080] [--width 1.0] [--exposures 2]
     .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors
+    .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors --sizes 512x288 --compile
 """
 from __future__ import annotations
 
@@ -113,6 +116,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights", help="a trained network (.safetensors); its config overrides --width/--exposures")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the network's stages")
     a = ap.parse_args()
     device = torch.device(a.device)
     if a.weights:
@@ -123,6 +127,10 @@ def main() -> None:
     variants: list[tuple[torch.dtype | None, bool]] = [(None, False)]  # (autocast dtype, channels-last)
     if device.type == "cuda":  # what NetReconstructor does on CUDA (bf16, channels-last) and the rest
         variants = [(dt, cl) for dt in (None, torch.bfloat16, torch.float16) for cl in (False, True)]
+    if a.compile:  # instance attributes: HDRNet.forward calls these too
+        for stage in ("coarse_forward", "refine_forward", "features"):
+            setattr(net, stage, torch.compile(getattr(net, stage)))
+        variants = variants[-3:-2] if device.type == "cuda" else variants  # bf16 channels-last on CUDA
     print(f"network: {a.exposures} exposures, width {a.width}, flow {net.cfg.flow}, device {device} "
           f"({torch.get_num_threads()} CPU threads)" if device.type == "cpu" else f"device {torch.cuda.get_device_name()}")
     for size in a.sizes.split(","):
@@ -131,7 +139,8 @@ def main() -> None:
             net.to(memory_format=torch.channels_last if cl else torch.contiguous_format)
             r = bench_size(net, h, w, device, dt, a.repeat)
             name = ("fp32" if dt is None else str(dt).replace("torch.", "")) + ("+cl" if cl else "")
-            print(f"  {w}x{h} (padded {r['padded']}) {name:9s} windowed {r['windowed_ms']:8.1f} ms/frame   "
+            name += "+compile" if a.compile else ""
+            print(f"  {w}x{h} (padded {r['padded']}) {name:17s} windowed {r['windowed_ms']:8.1f} ms/frame   "
                   f"streaming {r['streaming_ms']:8.1f}   + cached features {r['features_ms']:8.1f} ms/frame   "
                   f"peak {r['peak_mb']:7.0f} MiB")
 

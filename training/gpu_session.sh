@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run for a session that is lent a GPU (a few minutes of it): GPU speed figures
 # first, then full-width training of both networks in a fixed time per stage, then their
-# validation scores next to classical. Everything it makes lands in OUT (weights, logs).
+# validation scores next to classical, and last the speed under torch.compile. Everything it
+# makes lands in OUT (weights, logs).
 #
 #   training/gpu_session.sh OUT [MINUTES_PER_STAGE=1.25]
 #
@@ -40,3 +41,6 @@ for n in 2 3; do
     $py bench/quality.py --exposures "$n" --seeds 2 --methods classical,coarse,net \
         --weights "$out/hdrnet-${n}exp.safetensors"
 done
+
+echo "== speed under torch.compile (last: compiling may take minutes; on the 2-core CPU it was slower)"
+$py bench/speed.py --device "$device" --width "$width" --sizes "${sizes%%,*}" --compile
