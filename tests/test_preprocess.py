@@ -8,7 +8,7 @@ import pytest
 
 from hdrstream.crf import load_crf, save_crf
 from hdrstream.frame import Frame, decode, encode
-from preprocess.debayer import regamma, to_rgb
+from preprocess.debayer import demosaic_mhc, regamma, to_rgb
 from preprocess.stage import PreprocessConfig, Preprocessor
 from preprocess.window import ExposureCycle, auto_k, plan_window
 
@@ -57,6 +57,25 @@ class TestToRgb:
         raw = mosaic(np.round(rgb * white).astype(np.uint8 if bits == 8 else np.uint16), "GB")
         out = to_rgb(frame(raw, f"BayerGB{bits}"))
         assert np.abs(out - rgb)[4:-4, 4:-4].max() < 0.02
+
+    def test_deep_mosaics_get_vng_edges(self):
+        """Sharp colour edges: a 12-bit mosaic demosaics as well as its 8-bit version
+        (VNG), clearly better than the linear Malvar-He-Cutler filters alone."""
+        rng = np.random.default_rng(0)
+        rgb = np.full((96, 128, 3), 0.5, np.float32)
+        for _ in range(40):
+            y, x = rng.integers(0, 90), rng.integers(0, 120)
+            h, w = rng.integers(3, 30, 2)
+            rgb[y:y + h, x:x + w] = rng.random(3)
+
+        def rmse(out):
+            return float(np.sqrt(np.mean((out - rgb)[4:-4, 4:-4] ** 2)))
+
+        raw8 = mosaic(np.round(rgb * 255).astype(np.uint8), "RG")
+        raw12 = mosaic(np.round(rgb * 4095).astype(np.uint16), "RG")
+        deep, vng = rmse(to_rgb(frame(raw12, "BayerRG12"))), rmse(to_rgb(frame(raw8, "BayerRG8")))
+        linear = rmse(np.clip(demosaic_mhc(raw12, "RG") / 4095, 0, 1))
+        assert deep <= vng * 1.02 and deep < 0.8 * linear, (deep, vng, linear)
 
     def test_mono_replicates(self):
         out = to_rgb(frame(np.full((4, 6), 4095, np.uint16), "Mono12"))
