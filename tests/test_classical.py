@@ -8,7 +8,7 @@ import pytest
 
 from hdrstream.frame import Frame, decode, encode
 from hdrstream.quality import psnr_mu
-from infer.classical import ClassicalReconstructor
+from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.mask import high_ramp, low_ramp, well_exposed_mask
 from infer.reconstructor import make_reconstructor
 from infer.reference import ReferenceReconstructor
@@ -110,8 +110,6 @@ def test_two_exposure_cycles_also_merge_the_reference_exposure():
     long references, whose well-exposed pixels had nothing else to average with, a little
     for short ones (the long neighbours already dominate them). Three-exposure cycles keep
     the merge without them."""
-    from infer.classical import ClassicalConfig
-
     rng = np.random.default_rng(0)
     H = hdr_scene(48, 64) * np.float32(0.05)  # mostly well exposed in the long frames
     exps = [1.0, 8.0, 1.0, 8.0, 1.0, 8.0]
