@@ -23,7 +23,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/hdrstream demo --out out/demo
 
+# lint-imports: the architecture contracts of pyproject.toml ([tool.importlinter])
 test: $(STAMP) browser
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 # the live-preview test drives headless Chromium (Debian's chromium + chromium-driver)

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from capture.sim import SimCamera, SimConfig
-from hdrstream.pipeline import run_embedded
+from deploy.pipeline import run_embedded
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig
@@ -83,7 +83,7 @@ preview = false
 video = false
 """)
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "hdrstream.cli", "up", "--config", str(config)], check=True,
+    subprocess.run([sys.executable, "-m", "deploy.cli", "up", "--config", str(config)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     wall = time.perf_counter() - t0  # includes starting five Python processes (~1-2 s)
     return json.loads((out / "report.json").read_text()), wall

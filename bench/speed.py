@@ -27,6 +27,7 @@ import numpy as np
 
 from infer.net.model import HDRNet, NetConfig, load_weights
 from infer.net.refine import RefineFeatures
+from infer.window_flows import WindowFlows
 
 
 def pad_to(x: int, m: int) -> int:
@@ -62,18 +63,10 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else torch.autocast(device.type, enabled=False)
     frames = ldr[0].permute(0, 2, 3, 1).cpu().numpy() if cfg.flow == "dis" else None
     times = expo[0].tolist()
-    dis = None
-    if frames is not None:
-        from infer.classical import ClassicalReconstructor
+    dis = WindowFlows() if frames is not None else None
 
-        dis = ClassicalReconstructor()
-
-    def flows_of(j: int) -> torch.Tensor | None:
-        """(1, C-1, 2, H, W) DIS flows of the CoarseNet window centred on j (DIS variant)."""
-        if dis is None:
-            return None
-        f = dis.flows(np.ascontiguousarray(frames[j - c // 2:j + c // 2 + 1]), times[j - c // 2:j + c // 2 + 1], c // 2)
-        return torch.from_numpy(f).permute(0, 3, 1, 2)[None].to(device)
+    def flows_of(j: int) -> torch.Tensor | None:  # the DIS variant's flows, computed per call as inference does
+        return None if dis is None else torch.from_numpy(dis(frames, times, j, c))[None].to(device)
 
     def windowed():
         flows = None if dis is None else torch.stack([flows_of(j) for j in (mid - 1, mid, mid + 1)], dim=1)

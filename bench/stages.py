@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from capture.sim import SimCamera, SimConfig
-from hdrstream.pipeline import run_embedded
+from deploy.pipeline import run_embedded
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig

@@ -52,7 +52,7 @@ import cv2
 import numpy as np
 
 from infer.mask import EXPOSURE_TOL, well_exposed_mask
-from infer.reconstructor import check_window, to_hdr
+from infer.method import check_window, to_hdr
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from infer.net.refine import RefineFeatures
-from infer.reconstructor import PRECISIONS, check_window
+from infer.method import PRECISIONS, check_window
+from infer.window_flows import WindowFlows
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class NetReconstructor:
         self.coarse_runs = 0
         self.feature_runs = 0
         self.tiles_run = 0  # tiled network calls (for tests and logs)
-        self._dis = None  # ClassicalReconstructor, for networks of the DIS-flow variant
+        self._dis: WindowFlows | None = None  # for networks of the DIS-flow variant
 
     # -- model -----------------------------------------------------------------------
 
@@ -174,12 +175,8 @@ class NetReconstructor:
         if net.cfg.flow != "dis":
             return None
         if self._dis is None:
-            from infer.classical import ClassicalReconstructor
-
-            self._dis = ClassicalReconstructor()
-        half = net.cfg.coarse_frames // 2
-        f = self._dis.flows(frames[j - half:j + half + 1], exposures[j - half:j + half + 1], half)
-        x = torch.from_numpy(f).permute(0, 3, 1, 2)  # (C-1, 2, H, W)
+            self._dis = WindowFlows()
+        x = torch.from_numpy(self._dis(frames, exposures, j, net.cfg.coarse_frames))  # (C-1, 2, H, W)
         h, w = frames.shape[1:3]
         ph, pw = (-h) % net.multiple, (-w) % net.multiple
         if ph or pw:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from infer.reconstructor import check_window, to_hdr
+from infer.method import check_window, to_hdr
 
 
 class ReferenceReconstructor:

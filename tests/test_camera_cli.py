@@ -13,7 +13,7 @@ import pytest
 
 from capture.cameras import FirstFrames
 from capture.folder import FolderCamera
-from hdrstream.cli import main
+from deploy.cli import main
 from hdrstream.crf import load_crf
 from hdrstream.transport import Receiver
 
@@ -39,7 +39,7 @@ def test_capture_service_publishes_emulator_frames_then_eos(tmp_path):
     env = {**os.environ, "PYLON_CAMEMU": "1", "PYTHONUNBUFFERED": "1"}
     rx = Receiver("@tcp://127.0.0.1:*", bind=True)
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "capture", *EMU, "--frames", "5", "--out", ">" + rx.endpoint],
+        proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "capture", *EMU, "--frames", "5", "--out", ">" + rx.endpoint],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         frames = []
         while True:
@@ -103,7 +103,7 @@ def test_record_from_the_emulator_reads_back(tmp_path, monkeypatch):
 
 def test_record_stops_cleanly_on_sigterm(tmp_path):
     out = tmp_path / "rec"
-    proc = subprocess.Popen([sys.executable, "-m", "hdrstream.cli", "record", str(out), "--width", "64", "--height",
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "record", str(out), "--width", "64", "--height",
                              "48", "--frames", "100000", "--fps", "20", "--realtime", "--no-progress"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -15,8 +15,9 @@ import msgpack
 import pytest
 import zmq
 
-from hdrstream import deploy
-from hdrstream.dispatch import DispatchConfig
+from deploy.deployment import Deployment
+from deploy.deployment import load as load_deployment
+from deploy.dispatch import DispatchConfig
 
 
 def free_ports(n: int) -> list[int]:
@@ -72,25 +73,25 @@ video = false
 
 
 def test_shipped_deployment_file_loads_and_env_overrides_it(monkeypatch):
-    dep = deploy.load("deploy/hdrstream.toml")
+    dep = load_deployment("deploy/hdrstream.toml")
     assert dep.graph.workers == 2 and dep.graph.sink_in.startswith("@tcp://127.0.0.1:")
     monkeypatch.setenv("HDRSTREAM_GRAPH_WORKERS", "5")
     monkeypatch.setenv("HDRSTREAM_DISPATCH_CHUNK", "8")
-    dep = deploy.load("deploy/hdrstream.toml")
+    dep = load_deployment("deploy/hdrstream.toml")
     assert dep.graph.workers == 5 and dep.dispatch.chunk == 8
     monkeypatch.setenv("HDRSTREAM_GRAPH_CAMERA", "webcam")
     with pytest.raises(ValueError, match="camera"):
-        deploy.load("deploy/hdrstream.toml")
+        load_deployment("deploy/hdrstream.toml")
 
 
 def test_bad_deployment_files_are_clear_errors(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[graph]\nworkerz = 2\n")
     with pytest.raises(ValueError, match="workerz"):
-        deploy.load(bad)
+        load_deployment(bad)
     bad.write_text("[grpah]\n")
     with pytest.raises(ValueError, match="grpah"):
-        deploy.load(bad)
+        load_deployment(bad)
     with pytest.raises(ValueError):
         DispatchConfig(dead_after_s=0.1, heartbeat_s=0.5)
 
@@ -134,7 +135,7 @@ def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
     # as fast as the CPU goes, frames big enough that the workers always hold chunks
     config, out, ports = write_config(tmp_path, frames, realtime=False, width=480, height=272)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    up = subprocess.Popen([sys.executable, "-m", "hdrstream.cli", "-v", "up", "--config", str(config)],
+    up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "-v", "up", "--config", str(config)],
                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     lines: list[str] = []

@@ -10,7 +10,7 @@ from infer.classical import ClassicalReconstructor
 from infer.net.flow import flow_warp
 from infer.net.model import HDRNet, NetConfig, count_parameters, load_weights, save_weights
 from infer.netrecon import NetReconstructor
-from training.data import SampleMaker, collate, dis_flows
+from training.data import SampleMaker, collate
 from training.loop import Trainer
 
 from test_netrecon import IDENTITY, stream_of, windows
@@ -84,7 +84,10 @@ def test_training_samples_carry_the_flows_inference_computes():
     s = maker(0)
     assert s["flows"].shape == (3, 2, 2, CROP, CROP) and torch.isfinite(s["flows"]).all()
     L = s["ldr"].permute(0, 2, 3, 1).numpy()
-    again = dis_flows(ClassicalReconstructor(), np.ascontiguousarray(L), s["expo"].numpy())
+    expo = [float(t) for t in s["expo"]]
+    # what inference computes: the merge's flows of the CoarseNet windows centred on 1, 2, 3
+    again = np.stack([ClassicalReconstructor().flows(np.ascontiguousarray(L[j - 1:j + 2]), expo[j - 1:j + 2], 1)
+                      for j in (1, 2, 3)]).transpose(0, 1, 4, 2, 3)
     np.testing.assert_allclose(s["flows"].numpy(), again, atol=1e-5)
     assert "flows" not in SampleMaker(small_data(), 2, seed=4)(0)
 

@@ -8,10 +8,10 @@ import msgpack
 import numpy as np
 import zmq
 
-from hdrstream.dispatch import READY, WORK, DispatchConfig, Dispatcher, EosHold, decode_work
+from deploy.dispatch import READY, WORK, DispatchConfig, Dispatcher, EosHold, decode_work
 from hdrstream.frame import Frame, eos
 from hdrstream.transport import Receiver
-from hdrstream.worker import Worker
+from deploy.worker import Worker
 
 FAST = dict(chunk=2, heartbeat_s=0.05, dead_after_s=0.6, retries=1)
 

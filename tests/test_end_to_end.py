@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdrstream.cli import main
+from deploy.cli import main
 from hdrstream.hdrio import read_exr
 
 TINY = ["--width", "128", "--height", "96"]
@@ -83,7 +83,7 @@ def test_stages_as_separate_services_over_tcp(tmp_path):
     out = tmp_path / "live"
 
     def start(*args):
-        return subprocess.Popen([sys.executable, "-m", *args], env=env, stdout=subprocess.PIPE,
+        return subprocess.Popen([sys.executable, "-m", "deploy.cli", *args], env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
 
     procs = [

@@ -214,7 +214,7 @@ def test_close_ends_streams_and_frees_the_port():
 def start_pipeline(out: Path, frames: int, fps: float, width: int, height: int):
     """SimCamera → Preprocessor → classical InferStage → Sink(web_port=0), on a thread."""
     from capture.sim import SimCamera, SimConfig
-    from hdrstream.pipeline import run_embedded
+    from deploy.pipeline import run_embedded
     from infer.stage import InferStage
     from preprocess.stage import Preprocessor
     from sink.stage import Sink, SinkConfig

@@ -144,7 +144,7 @@ def test_a_failed_buffer_is_counted_as_a_gap_and_the_cycle_stays_right(emulator)
 
 
 def test_end_to_end_emulator_to_hdr_files_beats_the_reference_only_method(emulator, tmp_path):
-    from hdrstream.pipeline import run_embedded
+    from deploy.pipeline import run_embedded
     from infer.stage import InferStage
     from preprocess.stage import Preprocessor
     from sink.stage import Sink, SinkConfig

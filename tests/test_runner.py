@@ -4,7 +4,7 @@ import threading
 import numpy as np
 
 from hdrstream.frame import Frame
-from hdrstream.pipeline import run_embedded
+from deploy.pipeline import run_embedded
 from hdrstream.runner import LoopStats, run_source, run_stage
 from hdrstream.transport import Receiver, Sender
 

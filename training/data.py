@@ -44,6 +44,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from capture.sensor import Sensor, standard_normal
 from hdrstream.crf import CRF
 from hdrstream.quality import psnr_mu
+from infer.window_flows import WindowFlows
 from training.config import VAL_SEED_BASE, DataConfig
 from training.sources import Scene, build_scene, load_photos
 
@@ -222,7 +223,7 @@ class SampleMaker:
         self.crop = crop or dcfg.crop
         self.n = frames_for(exposures)
         self.flows = flows
-        self._dis = None
+        self._dis: WindowFlows | None = None
         weights = dict(dcfg.sources)
         if weights.get("photo", 0) > 0 and split == "train" and not load_photos(dcfg.photo_dir):
             weights.pop("photo")
@@ -285,21 +286,16 @@ class SampleMaker:
         sample = {"ldr": ldr, "expo": torch.from_numpy(expo), "gt": gt_t, "gt_ref": gt_t[1].clone()}
         if self.flows:
             if self._dis is None:
-                from infer.classical import ClassicalReconstructor
-
-                self._dis = ClassicalReconstructor()
-            sample["flows"] = torch.from_numpy(dis_flows(self._dis, np.ascontiguousarray(L), expo))
+                self._dis = WindowFlows()
+            sample["flows"] = torch.from_numpy(coarse_flows(self._dis, L, expo))
         return sample
 
 
-def dis_flows(rec, L: np.ndarray, expo: np.ndarray) -> np.ndarray:
-    """(3, C-1, 2, h, w) exposure-matched DIS flows of the CoarseNet windows centred on the
-    frames i-1, i, i+1 of an input window ``L`` (n, h, w, 3) — what inference computes."""
+def coarse_flows(flows: WindowFlows, L: np.ndarray, expo: np.ndarray) -> np.ndarray:
+    """(3, C-1, 2, h, w): the flows of the three CoarseNet windows (centred on the frames
+    i-1, i, i+1) of an input window ``L`` (n, h, w, 3), as inference computes them."""
     n = L.shape[0]
-    c, half = n // 2, (n - 2) // 2  # coarse windows have n - 2 frames
-    out = [rec.flows(L[j - half:j + half + 1], [float(t) for t in expo[j - half:j + half + 1]], half)
-           for j in (c - 1, c, c + 1)]
-    return np.ascontiguousarray(np.stack(out).transpose(0, 1, 4, 2, 3))
+    return np.stack([flows(L, expo, j, n - 2) for j in (n // 2 - 1, n // 2, n // 2 + 1)])
 
 
 def _flip_rotate(L: np.ndarray, gt: np.ndarray, rng: np.random.Generator,

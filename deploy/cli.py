@@ -1,7 +1,7 @@
 """The ``hdrstream`` command: demo, reconstruct, simulate, and each stage as a service.
 
 This module is the one place that knows every stage: it builds them from arguments and
-wires them with :mod:`hdrstream.pipeline` (embedded) or :mod:`hdrstream.service` (one
+wires them with :mod:`deploy.pipeline` (embedded) or :mod:`deploy.service` (one
 stage per process). Stage packages are imported lazily so ``--help`` stays instant.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
 def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path | None, total: int | None) -> int:
     from tqdm import tqdm
 
-    from hdrstream.pipeline import run_embedded
+    from deploy.pipeline import run_embedded
     from infer.stage import InferStage
     from preprocess.stage import PreprocessConfig, Preprocessor
     from sink.stage import Sink, SinkConfig
@@ -128,7 +128,7 @@ def cmd_live(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from hdrstream.up import run
+    from deploy.up import run
 
     return run(args.config, args.workers, verbose=args.verbose)
 
@@ -187,10 +187,21 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.loop import main as train_main
+def run_trainer(train_args: list[str]) -> int:
+    """``hdrstream train ARGS`` is ``python -m training ARGS``: the trainer is its own program
+    (it may use every stage, and nothing imports it), so this only starts it and waits."""
+    import subprocess
 
-    return train_main(args.train_args)
+    proc = subprocess.Popen([sys.executable, "-m", "training", *train_args])
+    while True:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:  # Ctrl-C reached the trainer too: let it checkpoint and stop
+            continue
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    return run_trainer(args.train_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -266,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--workers", type=int, default=None, help="inference workers (default: [graph] workers)")
     u.set_defaults(func=cmd_up)
 
-    from hdrstream.service import add_service_parsers
+    from deploy.service import add_service_parsers
 
     add_service_parsers(sub)
     return p
@@ -275,9 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["train"]:  # the trainer has its own parser (and --help)
-        from training.loop import main as train_main
-
-        return train_main(argv[1:])
+        return run_trainer(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),

@@ -4,7 +4,7 @@ The preprocess service hands its windows to a :class:`Dispatcher` (it quacks lik
 ``Sender``). The dispatcher groups consecutive windows into chunks — a worker that gets
 frames i..i+c-1 reuses the coarse results it computed for the overlapping windows —
 and deals the chunks to the workers that announced themselves ready (ROUTER socket; the
-workers of :mod:`hdrstream.worker` connect with DEALER sockets). Workers send their HDR
+workers of :mod:`deploy.worker` connect with DEALER sockets). Workers send their HDR
 frames straight to the sink and tell the dispatcher when a chunk is done.
 
 Faults: a worker whose heartbeats stop (dead) or that holds a chunk too long (stalled)

@@ -45,11 +45,11 @@ def _describe(rc: int | None) -> str:
 def start(config: str, workers: int | None = None, env: dict[str, str] | None = None,
           verbose: int = 0) -> list[Proc]:
     """Start every service of ``config``; returns them sink, workers…, preprocess, capture."""
-    from hdrstream import deploy
+    from deploy import deployment
 
-    dep = deploy.load(config)  # fail here, not in five child processes
+    dep = deployment.load(config)  # fail here, not in five child processes
     n = workers or dep.graph.workers
-    base = [sys.executable, "-m", "hdrstream.cli", *(["-v"] * verbose), "serve"]
+    base = [sys.executable, "-m", "deploy.cli", *(["-v"] * verbose), "serve"]
     env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
     procs: list[Proc] = []
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import msgpack
 import zmq
 
-from hdrstream.dispatch import BYE, DONE, HB, READY, WORK, DispatchConfig, decode_work
+from deploy.dispatch import BYE, DONE, HB, READY, WORK, DispatchConfig, decode_work
 from hdrstream.frame import Frame, ProtocolError
 from hdrstream.stage import Stage
 from hdrstream.transport import FLUSH_S, Sender, context, parse_endpoint

@@ -4,7 +4,7 @@ Two ways to start one: flags (``hdrstream capture|preprocess|infer|sink …``, h
 or the deployment file (``hdrstream serve <stage> --config FILE``, what ``hdrstream up``
 and docker-compose use). Both land in the same ``serve_*`` functions. Defaults chain on
 loopback: capture binds :5550; preprocess connects to it and deals windows to the
-inference workers from :5551 (:mod:`hdrstream.dispatch`); every worker connects there and
+inference workers from :5551 (:mod:`deploy.dispatch`); every worker connects there and
 to the sink, which binds :5552. Binding anywhere but 127.0.0.1 must be asked for
 explicitly with the endpoint.
 
@@ -113,7 +113,7 @@ def serve_capture(source, out: str, policy: str = "block", queue: int = 8, metri
 def serve_preprocess(stage, inp: str, work: str, sink: str, dispatch=None, metrics_port: int = 0,
                      metrics_host: str = "127.0.0.1") -> int:
     """Frames in, windows dealt to the inference workers; waits for them to finish the stream."""
-    from hdrstream.dispatch import Dispatcher
+    from deploy.dispatch import Dispatcher
     from hdrstream.metrics import StageMetrics
 
     signals = Signals()
@@ -138,7 +138,7 @@ def serve_preprocess(stage, inp: str, work: str, sink: str, dispatch=None, metri
 def serve_infer(stage, work: str, out: str, dispatch=None, name: str | None = None, metrics_port: int = 0,
                 metrics_host: str = "127.0.0.1") -> int:
     """One inference worker: chunks from the dispatcher, HDR frames to the sink."""
-    from hdrstream.worker import Worker
+    from deploy.worker import Worker
 
     signals = Signals()
     metrics, server = start_metrics("infer", metrics_port, metrics_host)
@@ -155,7 +155,7 @@ def serve_infer(stage, work: str, out: str, dispatch=None, name: str | None = No
 
 def serve_sink(sink, inp: str, grace_s: float = 10.0, metrics_port: int = 0, metrics_host: str = "127.0.0.1") -> int:
     """HDR frames in (from any number of workers), files out; a report even when stopped early."""
-    from hdrstream.dispatch import EosHold
+    from deploy.dispatch import EosHold
 
     signals = Signals()
     metrics, server = start_metrics("sink", metrics_port, metrics_host)
@@ -205,7 +205,7 @@ def serve(stage: str, deployment, worker_index: int = 0) -> int:
         return serve_preprocess(deployment.preprocessor(), g.preprocess_in, g.work, g.dispatch_sink,
                                 deployment.dispatch, g.preprocess_metrics_port, host)
     if stage == "infer":
-        from hdrstream.worker import worker_name
+        from deploy.worker import worker_name
 
         return serve_infer(deployment.infer_stage(), g.worker_in, g.worker_out, deployment.dispatch,
                            name=f"{worker_name()}-{worker_index}", metrics_port=g.infer_metrics_port,
@@ -220,7 +220,7 @@ def serve(stage: str, deployment, worker_index: int = 0) -> int:
 
 def add_service_parsers(sub) -> None:
     from capture.cameras import add_camera_args
-    from hdrstream.deploy import GraphConfig
+    from deploy.deployment import GraphConfig
     from infer.reconstructor import add_network_args
 
     g = GraphConfig()
@@ -269,9 +269,9 @@ def add_service_parsers(sub) -> None:
 
 
 def _serve_config(args: argparse.Namespace) -> int:
-    from hdrstream import deploy
+    from deploy import deployment
 
-    return serve(args.stage, deploy.load(args.config), args.worker_index)
+    return serve(args.stage, deployment.load(args.config), args.worker_index)
 
 
 def _flags_capture(args: argparse.Namespace) -> int:
@@ -281,7 +281,7 @@ def _flags_capture(args: argparse.Namespace) -> int:
 
 
 def _flags_preprocess(args: argparse.Namespace) -> int:
-    from hdrstream.dispatch import DispatchConfig
+    from deploy.dispatch import DispatchConfig
     from preprocess.stage import PreprocessConfig, Preprocessor
 
     stage = Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align))
@@ -305,12 +305,3 @@ def _flags_sink(args: argparse.Namespace) -> int:
     sink = Sink(SinkConfig(out_dir=args.out_dir, gt_dir=args.gt, main_method=args.method, web_port=args.web_port,
                            web_host=args.web_host))
     return serve_sink(sink, args.inp, metrics_port=args.metrics_port)
-
-
-def stage_main(stage: str) -> None:
-    """``python -m <stage> ARGS`` == ``hdrstream <stage> ARGS``; with ``--config``, ``hdrstream serve <stage>``."""
-    from hdrstream.cli import main
-
-    argv = sys.argv[1:]
-    sys.exit(main(["serve", stage, *argv] if any(a == "--config" or a.startswith("--config=") for a in argv)
-                  else [stage, *argv]))

@@ -8,7 +8,7 @@ container. Tables::
     [sim] [pylon] the camera's settings (capture.sim.SimConfig, capture.pylon.PylonConfig)
     [preprocess]  preprocess.stage.PreprocessConfig
     [infer]       InferConfig
-    [dispatch]    hdrstream.dispatch.DispatchConfig
+    [dispatch]    deploy.dispatch.DispatchConfig
     [sink]        sink.stage.SinkConfig
 
 Every field can be overridden by ``HDRSTREAM_<TABLE>_<FIELD>`` (containers use this for
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from hdrstream.config import load_toml, section
-from hdrstream.dispatch import DispatchConfig
+from deploy.dispatch import DispatchConfig
 
 CAMERAS = ("sim", "folder", "pylon", "emulator")
 POLICIES = ("block", "drop-oldest")
