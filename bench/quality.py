@@ -1,10 +1,17 @@
-"""PSNR-μ, PSNR-L and flicker of each reconstructor on the project's validation sequences.
+"""Quality of each reconstructor on the validation splits: overall and where it is hard.
 
-Validation sequences are simulated scenes with exact ground truth from seeds kept apart
-for validation (1000+); they are never used for tuning thresholds in tests or training.
+Two splits of simulated sequences with exact ground truth (``training/splits.py``): static
+(seeds 1000+, camera motion and one small moving object) and dynamic (seeds 2000+, large
+fast objects in front of a low sun that clips the long exposures channel by channel). They
+are never trained on and never used to tune thresholds in tests.
 
-    .venv/bin/python bench/quality.py [--methods reference,classical,coarse,net] [--seeds 4] [--width 512 --height 288]
-    .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors
+Per split and cycle, for every method: PSNR-μ over all pixels and in three regions —
+motion (pixels any moving object covers in the window's frames, dilated 4 px), clipped
+(the reference clipped in any channel, outside motion) and the rest — PSNR-L, flicker,
+the worst frame's PSNR-μ against classical's on the same frame, and ms/frame.
+
+    .venv/bin/python bench/quality.py [--split static,dynamic] [--methods reference,classical,coarse,net] [--seeds 4]
+    .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors --json out/q.json
 
 By default every method that can run: reference, classical, and CoarseNet alone and the full
 network where shipped weights exist (infer/weights/).
@@ -12,6 +19,8 @@ network where shipped weights exist (infer/weights/).
 from __future__ import annotations
 
 import argparse
+import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +30,11 @@ from hdrstream import quality
 from infer.netrecon import default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
+from training.splits import REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
 
-VALIDATION_SEED0 = 1000
 
-
-def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str, dict[str, float]]:
+def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str, dict[str, list[float]]]:
+    """Per-frame figures of each method on one sequence."""
     cam = SimCamera(cfg)
     pre = Preprocessor(PreprocessConfig())
     infer = InferStage(method=methods[0], compare=methods[1:])
@@ -34,53 +43,90 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str,
             if rec.name in ("net", "coarse"):
                 rec.weights = {cfg.exposures: Path(weights)}
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
-    preds: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    gts, seconds = [], {m: 0.0 for m in methods}
     t_min = min(cam.exposure_cycle)
+    rows: dict[str, dict[str, list]] = {m: {"psnr_mu": [], "psnr_l": [], "s": [], "pred": [],
+                                            **{f"psnr_mu_{r}": [] for r in REGIONS}} for m in methods}
+    gts = []
     for w in windows:
+        gt = cam.ground_truth(w.seq)
+        masks = regions(cam, w)
+        gts.append(gt)
         for hdr in infer.process(w):
-            preds[hdr.meta["method"]].append(np.array(hdr.data, np.float32))
-            seconds[hdr.meta["method"]] += hdr.meta["timing"]["infer"]
-        gts.append(cam.ground_truth(w.seq))
-    out = {}
+            m = hdr.meta["method"]
+            pred = np.array(hdr.data, np.float32)
+            r = rows[m]
+            r["pred"].append(pred)
+            r["s"].append(hdr.meta["timing"]["infer"])
+            r["psnr_mu"].append(quality.psnr_mu(pred, gt, t_min))
+            r["psnr_l"].append(quality.psnr_l(pred, gt, t_min))
+            for name, mask in masks.items():
+                r[f"psnr_mu_{name}"].append(quality.psnr_mu(pred, gt, t_min, mask))
     for m in methods:
-        out[m] = {
-            "psnr_mu": float(np.mean([quality.psnr_mu(p, g, t_min) for p, g in zip(preds[m], gts)])),
-            "psnr_l": float(np.mean([quality.psnr_l(p, g, t_min) for p, g in zip(preds[m], gts)])),
-            "flicker": float(np.mean(quality.flicker(preds[m], gts, t_min))),
-            "ms": 1e3 * seconds[m] / len(gts),
-        }
+        rows[m]["flicker"] = quality.flicker(rows[m].pop("pred"), gts, t_min)
+    return rows
+
+
+def summarise(rows: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    """Means over frames (NaN-free: a region absent from a frame does not count there)."""
+    out = {}
+    base = rows.get("classical")
+    for m, r in rows.items():
+        s = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
+             for k, v in r.items() if k not in ("s", "flicker")}
+        s["flicker"] = float(np.mean(r["flicker"])) if r["flicker"] else math.nan
+        s["ms"] = 1e3 * float(np.mean(r["s"]))
+        if base is not None:
+            s["worst_vs_classical"] = float(np.min(np.subtract(r["psnr_mu"], base["psnr_mu"])))
+        out[m] = s
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--split", default="static,dynamic", help="comma-separated: static, dynamic")
     ap.add_argument("--methods", default="", help="comma-separated; default: every method that can run")
-    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--seeds", type=int, default=4, help="sequences per split")
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--height", type=int, default=288)
+    ap.add_argument("--width", type=int, default=SPLIT_WIDTH)
+    ap.add_argument("--height", type=int, default=SPLIT_HEIGHT)
     ap.add_argument("--pixel-format", default="BayerRG8")
     ap.add_argument("--exposures", default="2,3", help="which cycles: 2, 3 or 2,3")
     ap.add_argument("--weights", default="", help="network weights to score instead of the shipped ones "
                     "(one file: give --exposures to match)")
+    ap.add_argument("--json", default="", help="also write the figures (per split, cycle, method) here")
     a = ap.parse_args()
     if a.weights and "," in a.exposures:
         ap.error("--weights scores one network: give --exposures 2 or 3")
-    for n_exp in (int(e) for e in a.exposures.split(",")):
-        methods = a.methods.split(",") if a.methods else (
-            ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() else []))
-        rows = {m: [] for m in methods}
-        for s in range(a.seeds):
-            cfg = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
-                            pixel_format=a.pixel_format, seed=VALIDATION_SEED0 + s)
-            for m, r in evaluate(cfg, methods, a.weights).items():
-                rows[m].append(r)
-        print(f"\n{n_exp} exposures: {a.seeds} validation sequences x {a.frames} frames, {a.width}x{a.height} {a.pixel_format}")
-        print(f"  {'method':10s} {'PSNR-mu':>8s} {'PSNR-L':>8s} {'flicker':>8s} {'ms/frame':>9s}")
-        for m in methods:
-            mean = {k: float(np.mean([r[k] for r in rows[m]])) for k in rows[m][0]}
-            print(f"  {m:10s} {mean['psnr_mu']:8.2f} {mean['psnr_l']:8.2f} {mean['flicker']:8.4f} {mean['ms']:9.1f}")
+    splits = [s for s in a.split.split(",") if s]
+    for s in splits:
+        if s not in SPLITS:
+            ap.error(f"unknown split {s!r}; one of {', '.join(SPLITS)}")
+    report = {}
+    for split in splits:
+        for n_exp in (int(e) for e in a.exposures.split(",")):
+            methods = a.methods.split(",") if a.methods else (
+                ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() or a.weights else []))
+            rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
+            base = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
+                             pixel_format=a.pixel_format)
+            for i in range(a.seeds):
+                for m, r in evaluate(split_config(split, i, base), methods, a.weights).items():
+                    for k, v in r.items():
+                        rows[m].setdefault(k, []).extend(v)
+            table = summarise(rows)
+            report[f"{split}/{n_exp}"] = table
+            print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
+                  f"{a.width}x{a.height} {a.pixel_format}")
+            print(f"  {'method':10s} {'PSNR-mu':>8s} {'motion':>8s} {'clipped':>8s} {'rest':>8s} {'PSNR-L':>8s} "
+                  f"{'flicker':>8s} {'worst-dB':>8s} {'ms/frame':>9s}")
+            for m in methods:
+                t = table[m]
+                print(f"  {m:10s} {t['psnr_mu']:8.2f} {t['psnr_mu_motion']:8.2f} {t['psnr_mu_clipped']:8.2f} "
+                      f"{t['psnr_mu_rest']:8.2f} {t['psnr_l']:8.2f} {t['flicker']:8.4f} "
+                      f"{t.get('worst_vs_classical', math.nan):8.2f} {t['ms']:9.1f}")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps({"args": vars(a), "figures": report}, indent=1))
 
 
 if __name__ == "__main__":

@@ -359,6 +359,27 @@ def procedural_world(height: int, width: int, seed: int, view: tuple[int, int] |
     return cv2.GaussianBlur(rad, (0, 0), LENS_SIGMA_PX)
 
 
+def add_sun(rad: np.ndarray, rng: np.random.Generator, view: tuple[int, int]) -> None:
+    """A low sun in the view's core and its warm glow, added to a world in place.
+
+    The glow is wide (a few tenths of the view) and falls off slowly, so auto-exposure keys
+    on it and the longer exposures clip over large areas; its warm colour makes red clip
+    before green and blue, so between the sun and the dark there is a band where the
+    reference has one or two channels clipped: where a merge shows hue errors.
+    """
+    h, w = rad.shape[:2]
+    vh, vw = view
+    cx, cy = w / 2 + rng.uniform(-0.3, 0.3) * vw, h / 2 + rng.uniform(-0.3, 0.1) * vh
+    r = vh * rng.uniform(0.08, 0.16)
+    colour = np.array([1.0, rng.uniform(0.45, 0.7), rng.uniform(0.15, 0.35)], np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    d2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / np.float32(r * r)
+    glow = np.float32(MID_GREY * 2.0 ** rng.uniform(6.5, 8.0)) / (1 + d2) ** np.float32(rng.uniform(0.8, 1.2))
+    rad += glow[..., None] * colour
+    disc = max(2, int(round(r * 0.2)))
+    cv2.circle(rad, (int(cx), int(cy)), disc, (colour * MID_GREY * 2.0 ** 13).tolist(), -1)
+
+
 def load_world(path: str | os.PathLike) -> np.ndarray:
     """A user's .exr/.hdr image as a world, rescaled so it auto-exposes like a procedural one.
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from capture.motion import CameraPath, ObjectPath, random_camera_path, random_object_path
-from capture.scene import load_world, object_sprite, procedural_world
+from capture.scene import add_sun, load_world, object_sprite, procedural_world
 from capture.sensor import Sensor, check_supported
 from hdrstream.crf import load_crf
 from hdrstream.frame import Frame
@@ -58,11 +58,15 @@ class SimConfig:
     read_noise_e: float = 2.5
     motion: float = 1.0  # camera motion scale; 0 = static camera
     occluders: int = 1  # moving foreground objects, each on its own path
+    occluder_size: tuple[float, float] = (0.25, 0.45)  # an object's side, as a fraction of the height
+    occluder_speed: float = 1.0  # scale of the objects' motion (1: 3-8 px/frame at 640 wide)
+    sun: bool = False  # a low sun and its warm glow in the view (procedural scenes): large clipped areas
     stream: str = "sim"
 
     def __post_init__(self) -> None:
         if self.ratios is not None:
             self.ratios = tuple(float(r) for r in self.ratios)
+        self.occluder_size = tuple(float(x) for x in self.occluder_size)
         self.validate()
 
     @property
@@ -96,6 +100,13 @@ class SimConfig:
             raise ValueError("full_well_e must be > 0 and read_noise_e >= 0")
         if self.motion < 0 or self.occluders < 0:
             raise ValueError("motion and occluders must be >= 0")
+        lo, hi = self.occluder_size if len(self.occluder_size) == 2 else (0.0, -1.0)
+        if not 0 < lo <= hi <= 2:
+            raise ValueError(f"occluder_size must be (lo, hi) with 0 < lo <= hi <= 2, got {self.occluder_size}")
+        if not (math.isfinite(self.occluder_speed) and self.occluder_speed >= 0):
+            raise ValueError(f"occluder_speed must be >= 0, got {self.occluder_speed}")
+        if self.sun and self.scene != "procedural":
+            raise ValueError("sun=True paints into the procedural world; a scene image has its own sky")
         if self.scene != "procedural":
             path = Path(self.scene)
             if not path.is_file():
@@ -109,11 +120,12 @@ class SimConfig:
 class _Occluder:
     rgba: np.ndarray  # (s, s, 4) premultiplied radiance + alpha
     path: ObjectPath
+    speed: float = 1.0  # the path runs this many times faster
 
     def place(self, t: float, width: int, height: int) -> tuple[np.ndarray, tuple[int, int]] | None:
         """The sprite warped into the part of the view it covers: (patch, (x0, y0)), or None."""
         s = self.rgba.shape[0]
-        m = self.path.matrix(t, anchor=((s - 1) / 2, (s - 1) / 2))
+        m = self.path.matrix(t * self.speed, anchor=((s - 1) / 2, (s - 1) / 2))
         corners = m @ np.array([[0, s, 0, s], [0, 0, s, s], [1, 1, 1, 1]], float)
         x0, y0 = np.floor(corners.min(axis=1)).astype(int) - 1
         x1, y1 = np.ceil(corners.max(axis=1)).astype(int) + 2
@@ -133,6 +145,8 @@ def _world_and_path(cfg: SimConfig) -> tuple[np.ndarray, CameraPath]:
         rx, ry = path.reach()
         ww, wh = 2 * math.ceil(rx) + 2, 2 * math.ceil(ry) + 2
         world = procedural_world(wh, ww, cfg.seed, view=(cfg.height, cfg.width))
+        if cfg.sun:
+            add_sun(world, np.random.default_rng([cfg.seed, 5]), view=(cfg.height, cfg.width))
         return world, replace(path, world_w=ww, world_h=wh, scale=1.0)
     world = load_world(cfg.scene)
     fitted = path.fit(world.shape[1], world.shape[0])
@@ -157,7 +171,8 @@ class SimCamera:
         self.world, self.path = _world_and_path(cfg)
         rng = np.random.default_rng([cfg.seed, 2])
         self.occluders = [
-            _Occluder(object_sprite(int(h * rng.uniform(0.25, 0.45)) + 4, rng), random_object_path(w, h, rng))
+            _Occluder(object_sprite(int(h * rng.uniform(*cfg.occluder_size)) + 4, rng), random_object_path(w, h, rng),
+                      cfg.occluder_speed)
             for _ in range(cfg.occluders)
         ]
         self.sensor = Sensor(cfg.pixel_format, load_crf(cfg.crf), cfg.full_well_e, cfg.read_noise_e, cfg.noise)

@@ -21,17 +21,40 @@ def mu_law(x: np.ndarray, mu: float = MU) -> np.ndarray:
     return np.log1p(mu * x) / np.log1p(mu)
 
 
-def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0, mask: np.ndarray | None = None) -> float:
+    """PSNR over every value, or over the pixels where ``mask`` (H, W) is true (NaN if none)."""
+    err = (np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2
+    if mask is not None:
+        if not mask.any():
+            return float("nan")
+        err = err[mask]
+    mse = float(np.mean(err))
     return float("inf") if mse == 0 else 10.0 * np.log10(peak * peak / mse)
 
 
-def psnr_mu(pred: np.ndarray, gt: np.ndarray, t_min: float) -> float:
-    return psnr(mu_law(normalise(pred, t_min)), mu_law(normalise(gt, t_min)))
+def psnr_mu(pred: np.ndarray, gt: np.ndarray, t_min: float, mask: np.ndarray | None = None) -> float:
+    return psnr(mu_law(normalise(pred, t_min)), mu_law(normalise(gt, t_min)), mask=mask)
 
 
-def psnr_l(pred: np.ndarray, gt: np.ndarray, t_min: float) -> float:
-    return psnr(normalise(pred, t_min), normalise(gt, t_min))
+def psnr_l(pred: np.ndarray, gt: np.ndarray, t_min: float, mask: np.ndarray | None = None) -> float:
+    return psnr(normalise(pred, t_min), normalise(gt, t_min), mask=mask)
+
+
+def mu_sq_error(pred: np.ndarray, gt: np.ndarray, t_min: float, mask: np.ndarray | None = None) -> tuple[float, int]:
+    """(sum of squared μ-law errors, values summed) over the pixels where ``mask`` (H, W) is
+    true: regions are scored by pooling these over frames, so a frame where a region is
+    tiny (or exact) does not swing the mean."""
+    err = (mu_law(normalise(pred, t_min)).astype(np.float64) - mu_law(normalise(gt, t_min))) ** 2
+    if mask is not None:
+        err = err[mask]
+    return float(err.sum()), int(err.size)
+
+
+def pooled_psnr(sse: float, count: int) -> float:
+    """PSNR of pooled squared errors (peak 1); NaN when nothing was pooled."""
+    if count == 0:
+        return float("nan")
+    return float("inf") if sse == 0 else 10.0 * float(np.log10(count / sse))
 
 
 def flicker(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray], t_min: float) -> list[float]:

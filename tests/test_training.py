@@ -32,7 +32,7 @@ def quiet(kind: str) -> DataConfig:
 
 def tiny_cfg(tmp_path, **kw) -> TrainConfig:
     base = dict(stage="coarse", exposures=2, width=0.125, steps=3, batch_size=2, workers=0, threads=2,
-                val_size=0, val_crop=CROP, val_batch=2, log_every=1, ckpt_every=100, ckpt_every_min=0.0,
+                val_size=0, val_dynamic=0, val_crop=CROP, val_batch=2, log_every=1, ckpt_every=100, ckpt_every_min=0.0,
                 progress=False, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"),
                 data=small_data())
     base.update(kw)
@@ -245,11 +245,16 @@ def test_cli_trains_validates_and_exports_loadable_weights(tmp_path):
     out = tmp_path / "run"
     rc = main(["--stage", "e2e", "--width", "0.125", "--steps", "2", "--batch-size", "1", "--crop", str(CROP),
                "--out", str(out), "--no-progress", "--workers", "0",
-               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_every=2",
+               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_dynamic=2", "--set", "val_every=2",
                "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "data.pool=2"])
     assert rc == 0
     (val,) = log_records(out / "log.jsonl", "val")
     assert np.isfinite(val["psnr_mu_final"]) and np.isfinite(val["psnr_mu_classical"])
+    dyn = val["dynamic"]  # the dynamic split's windows, scored by region; the metric weighs both sets
+    assert dyn["windows"] == 2 and np.isfinite(dyn["net"]) and np.isfinite(dyn["classical"])
+    assert set(dyn["regions"]) == {"motion", "clipped", "rest"}
+    assert np.isclose(sum(r["fraction"] for r in dyn["regions"].values()), 1.0)
+    assert np.isclose(val["metric"], 0.5 * (val["psnr_mu_final"] + dyn["net"]))
     model = load_weights(out / "best.safetensors")
     assert model.meta["stage"] == "e2e" and model.meta["steps"] == 2
     assert model.meta["validation"]["psnr_mu_final"] == val["psnr_mu_final"]

@@ -61,9 +61,9 @@ class DataConfig:
             lists = getattr(self, name)
             if not lists or any(len(r) != n or min(r) <= 0 or r[0] != min(r) for r in lists):
                 raise ValueError(f"data.{name} must be a list of {n}-element ratio lists, shortest first; got {lists}")
-        unknown = set(self.sources) - {"procedural", "photo", "sim"}
+        unknown = set(self.sources) - {"procedural", "photo", "sim", "dynamic"}
         if unknown or not any(w > 0 for w in self.sources.values()) or min(self.sources.values()) < 0:
-            raise ValueError(f"data.sources must weight procedural|photo|sim (>= 0, one > 0), got {self.sources}")
+            raise ValueError(f"data.sources must weight procedural|photo|sim|dynamic (>= 0, one > 0), got {self.sources}")
         if self.pool < 1 or self.reuse < 1:
             raise ValueError("data.pool and data.reuse must be >= 1")
         if len(self.objects) != 2 or not 0 <= self.objects[0] <= self.objects[1]:
@@ -127,6 +127,7 @@ class TrainConfig:
     val_crop: int = 256
     val_batch: int = 4
     val_seed: int = VAL_SEED_BASE
+    val_dynamic: int = 32  # windows of the dynamic split (training.splits) validated too; 0 = off
     cache_dir: str = "out/train-cache"  # validation sets are cached here
     ckpt_every: int = 1000  # steps
     ckpt_every_min: float = 15.0  # minutes; 0 = off
@@ -149,8 +150,8 @@ class TrainConfig:
             raise ValueError(f"flow must be learned|dis, got {self.flow!r}")
         if self.amp not in ("none", "bf16", "fp16"):
             raise ValueError(f"amp must be none|bf16|fp16, got {self.amp!r}")
-        if self.val_crop < 16 or self.val_crop % 16 or self.val_size < 0 or self.val_batch < 1:
-            raise ValueError("val_crop must be a multiple of 16; val_size >= 0; val_batch >= 1")
+        if self.val_crop < 16 or self.val_crop % 16 or self.val_size < 0 or self.val_batch < 1 or self.val_dynamic < 0:
+            raise ValueError("val_crop must be a multiple of 16; val_size, val_dynamic >= 0; val_batch >= 1")
         if self.val_seed < VAL_SEED_BASE:
             raise ValueError(f"val_seed must be >= {VAL_SEED_BASE} (disjoint from training seeds)")
         if self.val_every < 1 or self.ckpt_every < 1 or self.log_every < 1:

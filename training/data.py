@@ -42,11 +42,13 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from capture.sensor import Sensor, standard_normal
+from capture.sim import SimCamera, SimConfig
 from hdrstream.crf import CRF
-from hdrstream.quality import psnr_mu
+from hdrstream.quality import mu_sq_error, psnr_mu
 from infer.window_flows import WindowFlows
 from training.config import VAL_SEED_BASE, DataConfig
 from training.sources import Scene, build_scene, load_photos
+from training.splits import REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, regions, split_config
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +269,7 @@ class SampleMaker:
         scene = self.scene(self.scene_id(index))
         e = self.exposures
         phase = int(rng.integers(e)) if train else (index // len(self.kinds)) % e
-        if scene.kind == "sim":
+        if scene.camera is not None:
             L, H, expo = _sim_window(scene, rng, n, crop, phase, dcfg)
         else:
             all_ratios = dcfg.ratios(e)
@@ -396,16 +398,110 @@ def validation_set(dcfg: DataConfig, exposures: int, size: int, crop: int, seed:
 
 def classical_scores(data: dict[str, torch.Tensor]) -> list[float]:
     """PSNR-μ of the classical reconstructor on each window (H in units of exposure 1)."""
+    return [row[0] for row in classical_region_scores(data)]
+
+
+def classical_region_scores(data: dict[str, torch.Tensor]) -> list[list[float]]:
+    """Per window: classical's PSNR-μ over all pixels, then, if the set has "regions", the
+    squared μ-law error and value count in each (sse, count, sse, count, …), for pooling."""
     from infer.classical import ClassicalReconstructor
 
     rec = ClassicalReconstructor()
     n = data["ldr"].shape[1]
+    masks = data.get("regions")
     scores = []
-    for ldr, expo, gt in zip(data["ldr"], data["expo"], data["gt_ref"]):
+    for j, (ldr, expo, gt) in enumerate(zip(data["ldr"], data["expo"], data["gt_ref"])):
         frames = np.ascontiguousarray(ldr.permute(0, 2, 3, 1).numpy())
         H = rec.reconstruct(frames, [float(t) for t in expo], n // 2)
-        scores.append(psnr_mu(H, gt.permute(1, 2, 0).numpy(), 1.0))
+        g = gt.permute(1, 2, 0).numpy()
+        row = [psnr_mu(H, g, 1.0)]
+        if masks is not None:
+            for m in masks[j]:
+                row += mu_sq_error(H, g, 1.0, m.numpy().astype(bool))
+        scores.append(row)
     return scores
+
+
+# -- the dynamic split's windows, for training validation ---------------------------------
+
+DYNAMIC_VAL_OFFSET = 500  # training validates on dynamic sequences 500+; bench/quality.py scores 0+
+
+
+def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str | Path | None = None,
+                           flows: bool = False, per_sequence: int = 4) -> dict:
+    """Windows of the dynamic split (training.splits) as the network sees them, for validation.
+
+    Whole 512x288 sequences go through the real preprocess; from each, ``per_sequence``
+    windows are cropped to ``crop`` px around the moving objects. Sequences alternate RGB8
+    and BayerRG8. Same keys as :func:`validation_set`, plus "regions" (V, 3, h, w) uint8
+    masks (motion, clipped, rest) and "classical_regions" (V, 6): classical's squared μ-law
+    error and value count in each (see :func:`classical_region_scores`).
+    """
+    spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
+            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 1}
+    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
+    data = torch.load(path, weights_only=True) if path is not None and path.is_file() else None
+    if data is None or data.get("key") != key:
+        t0 = time.monotonic()
+        samples: list[dict[str, torch.Tensor]] = []
+        i = 0
+        while len(samples) < size:
+            base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames_for(exposures) + 2 * per_sequence,
+                             exposures=exposures, pixel_format=("RGB8", "BayerRG8")[i % 2])
+            cfg = split_config("dynamic", DYNAMIC_VAL_OFFSET + i, base)
+            samples += _sequence_samples(cfg, crop, per_sequence, flows)[:size - len(samples)]
+            i += 1
+        data = collate(samples)
+        data["key"] = key
+        log.info("dynamic validation set: %d windows of %d px made in %.1f s", size, crop, time.monotonic() - t0)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save(data, tmp)
+            tmp.replace(path)
+    scores = torch.tensor(classical_region_scores(data), dtype=torch.float64)
+    data["classical"], data["classical_regions"] = scores[:, 0], scores[:, 1:]
+    log.info("dynamic validation set: classical PSNR-μ %.2f dB", float(data["classical"].mean()))
+    return data
+
+
+def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> list[dict[str, torch.Tensor]]:
+    """Up to ``count`` validation samples of one simulated sequence, cropped where things move."""
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    cam = SimCamera(cfg)
+    pre = Preprocessor(PreprocessConfig())
+    n = frames_for(cfg.exposures)
+    windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
+    windows = [w for w in windows if len(set(w.meta["seqs"])) == n and w.meta["ref"] == n // 2][::2][:count]
+    t_min = min(cam.exposure_cycle)
+    dis = WindowFlows() if flows else None
+    out = []
+    for w in windows:
+        masks = regions(cam, w)
+        ys, xs = np.nonzero(masks["motion"])
+        rng = np.random.default_rng([cfg.seed, w.seq])
+        if len(out) % 2:  # every other window where the reference clips, moving or not
+            ys, xs = np.nonzero(masks["clipped"] | masks["motion"] & (np.asarray(w.data[n // 2]).max(axis=2) >= 0.99))
+        cy, cx = (ys.mean(), xs.mean()) if len(ys) else (cfg.height / 2, cfg.width / 2)
+        cy, cx = cy + rng.uniform(-0.25, 0.25) * crop, cx + rng.uniform(-0.25, 0.25) * crop
+        y0 = int(np.clip(round(cy - crop / 2), 0, cfg.height - crop))
+        x0 = int(np.clip(round(cx - crop / 2), 0, cfg.width - crop))
+        win = (slice(y0, y0 + crop), slice(x0, x0 + crop))
+        L = np.ascontiguousarray(np.asarray(w.data, np.float32)[:, win[0], win[1]])
+        expo = np.asarray(w.meta["exposures"], np.float32) / np.float32(t_min)
+        c = n // 2
+        gt = np.stack([np.clip(cam.ground_truth(s)[win] * np.float32(t_min), 0, 1)
+                       for s in w.meta["seqs"][c - 1:c + 2]])
+        gt_t = torch.from_numpy(np.ascontiguousarray(gt.transpose(0, 3, 1, 2)))
+        sample = {"ldr": torch.from_numpy(np.ascontiguousarray(L.transpose(0, 3, 1, 2))),
+                  "expo": torch.from_numpy(expo), "gt": gt_t, "gt_ref": gt_t[1].clone(),
+                  "regions": torch.from_numpy(np.stack([masks[r][win] for r in REGIONS]).astype(np.uint8))}
+        if dis is not None:
+            sample["flows"] = torch.from_numpy(coarse_flows(dis, L, expo))
+        out.append(sample)
+    return out
 
 
 def bench(dcfg: DataConfig, exposures: int, samples: int = 64, seed: int = 0) -> float:

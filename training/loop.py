@@ -32,11 +32,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from hdrstream.quality import psnr_mu
+from hdrstream.quality import mu_sq_error, pooled_psnr, psnr_mu
 from infer.net.model import HDRNet, NetConfig, WeightsError, count_parameters, load_weights, save_weights
 from training import config as config_mod
 from training.config import TrainConfig
-from training.data import WindowStream, bench, collate, validation_set, worker_context
+from training.data import WindowStream, bench, collate, dynamic_validation_set, validation_set, worker_context
+from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
 
@@ -232,22 +233,30 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------
 
-    def validation(self) -> dict:
+    def validation(self) -> dict[str, dict]:
+        """The fixed validation sets: "static" (training.data.validation_set) and, unless
+        ``val_dynamic`` is 0, "dynamic" (windows of the dynamic split, with regions)."""
         if self.val_data is None:
             cfg = self.cfg
-            self.val_data = validation_set(cfg.data, cfg.exposures, cfg.val_size, cfg.val_crop, cfg.val_seed,
-                                           cfg.cache_dir, flows=cfg.flow == "dis")
+            flows = cfg.flow == "dis"
+            self.val_data = {"static": validation_set(cfg.data, cfg.exposures, cfg.val_size, cfg.val_crop,
+                                                      cfg.val_seed, cfg.cache_dir, flows=flows)}
+            if cfg.val_dynamic > 0:
+                self.val_data["dynamic"] = dynamic_validation_set(cfg.exposures, cfg.val_dynamic, cfg.val_crop,
+                                                                  cfg.cache_dir, flows=flows)
         return self.val_data
 
     @torch.no_grad()
-    def validate(self) -> dict[str, Any]:
-        """PSNR-μ of the coarse (centre) and final outputs on the fixed validation set."""
-        data = self.validation()
+    def _predict(self, data: dict) -> tuple[list[np.ndarray], list[np.ndarray] | None, list[np.ndarray], list[str]]:
+        """Coarse (centre) and final outputs (H, W, 3) of every window, its ground truth, and
+        the reference's role (short, middle, long)."""
         self.model.eval()
         n = data["ldr"].shape[1]
         c = n // 2
         final = self.cfg.stage != "coarse"
-        scores: dict[str, list[float]] = {"coarse": [], "final": []}
+        coarse_out: list[np.ndarray] = []
+        final_out: list[np.ndarray] = []
+        gts: list[np.ndarray] = []
         roles: list[str] = []
         for i in range(0, data["ldr"].shape[0], self.cfg.val_batch):
             keys = [k for k in ("ldr", "expo", "gt", "gt_ref", "flows") if k in data]
@@ -263,31 +272,62 @@ class Trainer:
                     coarse = self.model.coarse_forward(batch["ldr"][:, c - k // 2:c + k // 2 + 1],
                                                        batch["expo"][:, c - k // 2:c + k // 2 + 1], flows).float()
                 hdr = None
-            gt = batch["gt_ref"].permute(0, 2, 3, 1).cpu().numpy()
-            cn = coarse.permute(0, 2, 3, 1).cpu().numpy()
-            hn = hdr.permute(0, 2, 3, 1).cpu().numpy() if hdr is not None else None
-            for j in range(gt.shape[0]):
-                scores["coarse"].append(psnr_mu(cn[j], gt[j], 1.0))
-                if hn is not None:
-                    scores["final"].append(psnr_mu(hn[j], gt[j], 1.0))
-                e = batch["expo"][j].cpu()
+            gts += list(batch["gt_ref"].permute(0, 2, 3, 1).cpu().numpy())
+            coarse_out += list(coarse.float().permute(0, 2, 3, 1).cpu().numpy())
+            if hdr is not None:
+                final_out += list(hdr.float().permute(0, 2, 3, 1).cpu().numpy())
+            for e in batch["expo"].cpu():
                 roles.append("short" if e[c] <= e.min() else "long" if e[c] >= e.max() else "middle")
-        classical = data["classical"].tolist()
+        return coarse_out, final_out if final else None, gts, roles
+
+    def validate(self) -> dict[str, Any]:
+        """PSNR-μ of the coarse (centre) and final outputs on the validation sets.
+
+        The static set's figures keep their keys; the dynamic set's go under "dynamic", with
+        pooled PSNR-μ per region. The metric that picks the best checkpoint is the static
+        one, or the mean of the two sets' when there is a dynamic set."""
+        sets = self.validation()
+        coarse, final, gts, roles = self._predict(sets["static"])
+        scores = {"coarse": [psnr_mu(p, g, 1.0) for p, g in zip(coarse, gts)],
+                  "final": [psnr_mu(p, g, 1.0) for p, g in zip(final, gts)] if final is not None else []}
+        classical = sets["static"]["classical"].tolist()
         result: dict[str, Any] = {
             "psnr_mu_coarse": _mean(scores["coarse"]),
-            "psnr_mu_final": _mean(scores["final"]) if final else None,
+            "psnr_mu_final": _mean(scores["final"]) if final is not None else None,
             "psnr_mu_classical": _mean(classical),
             "by_reference": {},
             "windows": len(classical),
         }
+        main = scores["final" if final is not None else "coarse"]
         for role in ("short", "middle", "long"):
             idx = [j for j, r in enumerate(roles) if r == role]
             if idx:
-                main = scores["final" if final else "coarse"]
                 result["by_reference"][role] = {"net": _mean([main[j] for j in idx]),
                                                 "classical": _mean([classical[j] for j in idx])}
-        result["metric"] = result["psnr_mu_final"] if final else result["psnr_mu_coarse"]
+        result["metric"] = result["psnr_mu_final"] if final is not None else result["psnr_mu_coarse"]
+        if "dynamic" in sets:
+            result["dynamic"] = self._validate_regions(sets["dynamic"])
+            result["metric"] = 0.5 * (result["metric"] + result["dynamic"]["net"])
         return result
+
+    def _validate_regions(self, data: dict) -> dict[str, Any]:
+        """The dynamic set: PSNR-μ (mean over windows) and pooled PSNR-μ per region, for the
+        network's main output, CoarseNet's and classical's."""
+        coarse, final, gts, _ = self._predict(data)
+        main = final if final is not None else coarse
+        out: dict[str, Any] = {"net": _mean([psnr_mu(p, g, 1.0) for p, g in zip(main, gts)]),
+                               "coarse": _mean([psnr_mu(p, g, 1.0) for p, g in zip(coarse, gts)]),
+                               "classical": _mean(data["classical"].tolist()), "windows": len(gts), "regions": {}}
+        cr = data["classical_regions"].double()
+        for r, name in enumerate(REGIONS):
+            masks = [m[r].numpy().astype(bool) for m in data["regions"]]
+            pooled = [mu_sq_error(p, g, 1.0, m) for p, g, m in zip(main, gts, masks)]
+            out["regions"][name] = {
+                "net": pooled_psnr(sum(e for e, _ in pooled), sum(k for _, k in pooled)),
+                "classical": pooled_psnr(float(cr[:, 2 * r].sum()), int(cr[:, 2 * r + 1].sum())),
+                "fraction": float(np.mean([m.mean() for m in masks])),
+            }
+        return out
 
     # -- checkpoints and export ----------------------------------------------------------
 
@@ -443,7 +483,12 @@ class Trainer:
         msg = f"step {self.step}: val PSNR-μ coarse {val['psnr_mu_coarse']:.2f}"
         if val["psnr_mu_final"] is not None:
             msg += f", final {val['psnr_mu_final']:.2f}"
-        log.info("%s (classical %.2f dB)", msg, val["psnr_mu_classical"])
+        msg += f" (classical {val['psnr_mu_classical']:.2f})"
+        if "dynamic" in val:
+            d = val["dynamic"]
+            msg += f"; dynamic {d['net']:.2f} (classical {d['classical']:.2f}), motion " \
+                   f"{d['regions']['motion']['net']:.2f} ({d['regions']['motion']['classical']:.2f})"
+        log.info("%s", msg)
         if self.best["metric"] is None or val["metric"] > self.best["metric"]:
             self.best = {"metric": val["metric"], "step": self.step}
             self.export(self.out / "best.safetensors", elapsed, val)

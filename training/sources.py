@@ -25,6 +25,7 @@ import numpy as np
 
 from capture.scene import MID_GREY, object_sprite, procedural_world, random_reflectance
 from capture.sim import SimCamera, SimConfig
+from training.splits import SPLIT_WIDTH, dynamic_config
 
 log = logging.getLogger(__name__)
 
@@ -216,13 +217,19 @@ def make_sprite(size: int, rng: np.random.Generator, photos: tuple[Photo, ...]) 
 
 
 def sim_scene(seed: int, crop: int, exposures: int, ratios: list[float], rng: np.random.Generator,
-              motion: float, noise: bool, bayer: bool) -> SimCamera:
-    """A simulated camera whose view (2× crop wide, 1.5× high) windows are cropped from."""
+              motion: float, noise: bool, bayer: bool, dynamic: bool = False) -> SimCamera:
+    """A simulated camera whose view (2× crop wide, 1.5× high) windows are cropped from.
+
+    ``dynamic``: the dynamic validation split's conditions (training.splits), its objects
+    as fast in pixels per frame as there although this view is smaller.
+    """
     w = 2 * crop
     h = 2 * ((3 * crop // 2 + 1) // 2)
     cfg = SimConfig(width=w, height=h, frames=0, exposures=exposures, ratios=tuple(ratios), seed=seed,
                     noise=noise, motion=motion, occluders=int(rng.integers(1, 3)),
                     pixel_format="BayerRG8" if bayer else "RGB8", stream="train")
+    if dynamic:
+        cfg = dynamic_config(cfg, occluders=int(rng.integers(1, 4)), speed_scale=SPLIT_WIDTH / w)
     return SimCamera(cfg)
 
 
@@ -231,7 +238,8 @@ def build_scene(kind: str, seed: int, crop: int, exposures: int, dcfg, noise: bo
     """A scene of ``kind`` for crops of ``crop`` px, deterministic in ``seed``.
 
     Args:
-        kind: "procedural", "photo" or "sim".
+        kind: "procedural", "photo", "sim" or "dynamic" (the simulated camera in the
+            dynamic split's conditions).
         seed: world / camera seed; also seeds every other random choice here.
         crop: square crop size the windows will have.
         exposures: 2 or 3 (the simulated camera's cycle).
@@ -240,10 +248,10 @@ def build_scene(kind: str, seed: int, crop: int, exposures: int, dcfg, noise: bo
         sprites: occluder sprites made for a procedural or photo scene.
     """
     rng = np.random.default_rng([seed, 0x5CE7E])
-    if kind == "sim":
+    if kind in ("sim", "dynamic"):
         ratios = dcfg.ratios(exposures)[int(rng.integers(len(dcfg.ratios(exposures))))]
         cam = sim_scene(seed, crop, exposures, ratios, rng, dcfg.sim_motion, noise,
-                        bool(rng.random() < dcfg.bayer_prob))
+                        bool(rng.random() < dcfg.bayer_prob), dynamic=kind == "dynamic")
         return Scene(kind, seed, camera=cam)
     margin = _margin(crop, dcfg.global_px, dcfg.global_rot_deg, dcfg.global_scale)
     photos = load_photos(dcfg.photo_dir)
