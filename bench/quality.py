@@ -8,7 +8,9 @@ are never trained on and never used to tune thresholds in tests.
 Per split and cycle, for every method: PSNR-μ over all pixels and in three regions —
 motion (pixels any moving object covers in the window's frames, dilated 4 px), clipped
 (the reference clipped in any channel, outside motion) and the rest — PSNR-L, flicker,
-the worst frame's PSNR-μ against classical's on the same frame, and ms/frame.
+the worst frame's PSNR-μ against classical's on the same frame, the hue error where the
+reference is partly clipped (L1 distance of rgb chromaticities, pooled over those pixels),
+and ms/frame. Regions are scored by pooling squared errors over frames.
 
     .venv/bin/python bench/quality.py [--split static,dynamic] [--methods reference,classical,coarse,net] [--seeds 4]
     .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors --json out/q.json
@@ -30,7 +32,7 @@ from hdrstream import quality
 from infer.netrecon import default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
-from training.splits import REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
+from training.splits import CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
 
 
 def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str, dict[str, list[float]]]:
@@ -44,12 +46,13 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str,
                 rec.weights = {cfg.exposures: Path(weights)}
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
     t_min = min(cam.exposure_cycle)
-    rows: dict[str, dict[str, list]] = {m: {"psnr_mu": [], "psnr_l": [], "s": [], "pred": [],
-                                            **{f"psnr_mu_{r}": [] for r in REGIONS}} for m in methods}
+    rows: dict[str, dict[str, list]] = {m: {"psnr_mu": [], "psnr_l": [], "s": [], "pred": [], "hue": [],
+                                            **{f"sse_{r}": [] for r in REGIONS}} for m in methods}
     gts = []
     for w in windows:
         gt = cam.ground_truth(w.seq)
         masks = regions(cam, w)
+        partial = partly_clipped(np.asarray(w.data[w.meta["ref"]]), gt, t_min)
         gts.append(gt)
         for hdr in infer.process(w):
             m = hdr.meta["method"]
@@ -60,19 +63,41 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str,
             r["psnr_mu"].append(quality.psnr_mu(pred, gt, t_min))
             r["psnr_l"].append(quality.psnr_l(pred, gt, t_min))
             for name, mask in masks.items():
-                r[f"psnr_mu_{name}"].append(quality.psnr_mu(pred, gt, t_min, mask))
+                r[f"sse_{name}"].append(quality.mu_sq_error(pred, gt, t_min, mask))
+            r["hue"].append(hue_error(pred, gt, partial))
     for m in methods:
         rows[m]["flicker"] = quality.flicker(rows[m].pop("pred"), gts, t_min)
     return rows
 
 
-def summarise(rows: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-    """Means over frames (NaN-free: a region absent from a frame does not count there)."""
+def partly_clipped(L_ref: np.ndarray, gt: np.ndarray, t_min: float) -> np.ndarray:
+    """(H, W): the reference clipped in some channels but not all, where the ground truth
+    is within the shortest exposure's range (so its colour is knowable)."""
+    top = np.iinfo(L_ref.dtype).max if L_ref.dtype.kind in "ui" else 1.0
+    clipped = L_ref >= CLIP_LEVEL * top
+    return clipped.any(axis=2) & ~clipped.all(axis=2) & (gt.max(axis=2) * t_min < 1.0)
+
+
+def hue_error(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> tuple[float, int]:
+    """(sum, count) of the L1 distance of rgb chromaticities (r, g, b)/(r+g+b) over ``mask``."""
+    if not mask.any():
+        return 0.0, 0
+    p, g = np.maximum(pred[mask], 0).astype(np.float64), gt[mask].astype(np.float64)
+    d = np.abs(p / np.maximum(p.sum(1, keepdims=True), 1e-12) - g / np.maximum(g.sum(1, keepdims=True), 1e-12))
+    return float(d.sum()), int(mask.sum())
+
+
+def summarise(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
+    """Means over frames; regions by pooled squared error, hue error pooled over pixels."""
     out = {}
     base = rows.get("classical")
     for m, r in rows.items():
-        s = {k: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan
-             for k, v in r.items() if k not in ("s", "flicker")}
+        s = {k: float(np.mean(r[k])) for k in ("psnr_mu", "psnr_l")}
+        for name in REGIONS:
+            s[f"psnr_mu_{name}"] = quality.pooled_psnr(sum(e for e, _ in r[f"sse_{name}"]),
+                                                       sum(k for _, k in r[f"sse_{name}"]))
+        hue_n = sum(k for _, k in r["hue"])
+        s["hue"] = sum(e for e, _ in r["hue"]) / hue_n if hue_n else math.nan
         s["flicker"] = float(np.mean(r["flicker"])) if r["flicker"] else math.nan
         s["ms"] = 1e3 * float(np.mean(r["s"]))
         if base is not None:
@@ -118,11 +143,11 @@ def main() -> None:
             print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
                   f"{a.width}x{a.height} {a.pixel_format}")
             print(f"  {'method':10s} {'PSNR-mu':>8s} {'motion':>8s} {'clipped':>8s} {'rest':>8s} {'PSNR-L':>8s} "
-                  f"{'flicker':>8s} {'worst-dB':>8s} {'ms/frame':>9s}")
+                  f"{'flicker':>8s} {'hue':>7s} {'worst-dB':>8s} {'ms/frame':>9s}")
             for m in methods:
                 t = table[m]
                 print(f"  {m:10s} {t['psnr_mu']:8.2f} {t['psnr_mu_motion']:8.2f} {t['psnr_mu_clipped']:8.2f} "
-                      f"{t['psnr_mu_rest']:8.2f} {t['psnr_l']:8.2f} {t['flicker']:8.4f} "
+                      f"{t['psnr_mu_rest']:8.2f} {t['psnr_l']:8.2f} {t['flicker']:8.4f} {t['hue']:7.4f} "
                       f"{t.get('worst_vs_classical', math.nan):8.2f} {t['ms']:9.1f}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
