@@ -278,3 +278,11 @@ def test_shipped_configs_load_and_overrides_apply():
         config_mod.load("coarse2", ["data.crops=64"])
     with pytest.raises(ValueError):
         config_mod.load("coarse2", ["data.crop=100"])  # not a multiple of 16
+
+
+def test_hdrstream_train_starts_the_trainer_as_its_own_program(capfd):
+    from deploy.cli import main as hdrstream
+
+    assert hdrstream(["train", "--help"]) == 0
+    assert "python -m training" in capfd.readouterr().out
+    assert hdrstream(["train", "--stage", "nonsense"]) == 2  # the trainer's own exit status comes back
