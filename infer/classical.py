@@ -102,10 +102,26 @@ class ClassicalReconstructor:
         self._dis.setVariationalRefinementAlpha(self.cfg.flow_alpha)
 
     def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
+        return self._merge(frames, exposures, ref, None)
+
+    def reconstruct_with_confidence(self, frames: np.ndarray, exposures: Sequence[float],
+                                    ref: int) -> tuple[np.ndarray, np.ndarray]:
+        """The merge and its confidence (H, W) in [0, 1]: the reference's saturation roll-off
+        times every merged neighbour's agreement with it — 1 where the window is static and
+        the reference unclipped (the merge then averages every frame), toward 0 where
+        something moves or clips. The network's gate (``infer.net.gate``) weighs it."""
+        conf = [np.ones(frames.shape[1:3], np.float32)]
+        return self._merge(frames, exposures, ref, conf), conf[0]
+
+    def _merge(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
+               conf: list[np.ndarray] | None) -> np.ndarray:
+        """The merge; with ``conf`` (a one-element list) its confidence is multiplied into conf[0]."""
         check_window(frames, exposures, ref)
         cfg = self.cfg
         L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
         H_ref = to_hdr(L_ref, t_ref)
+        if conf is not None:
+            conf[0] *= self._weight(L_ref, 1.0)
         same = cfg.same_exposure
         if same is None:
             same = _cycle_length(exposures) == 2
@@ -133,7 +149,10 @@ class ClassicalReconstructor:
             L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_REPLICATE)
             w = self._weight(L_j, t_j)
-            w *= self._agreement(_grey(L_j), g_ref, t_j, t_ref) + np.float32(cfg.fallback_weight)
+            agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref)
+            if conf is not None:
+                conf[0] *= agree
+            w *= agree + np.float32(cfg.fallback_weight)
             if _same(t_j, t_short):
                 w += np.float32(1e-6)
             den = den + w

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from infer.net.refine import RefineFeatures
+from infer.classical import ClassicalReconstructor
 from infer.method import PRECISIONS, check_window
 from infer.window_flows import WindowFlows
 
@@ -62,6 +63,7 @@ def _identity(warp: Sequence[float]) -> bool:
 AUTO_TILE_PIXELS = 2_200_000
 AUTO_TILE = 1024
 TILE_MARGIN = 64
+GATE_ROWS = 256  # the classical gate runs on strips of this many rows
 TILE_MULTIPLE = 16  # HDRNet.multiple: tiles and margins keep the padded grid
 
 
@@ -127,6 +129,7 @@ class NetReconstructor:
         self.feature_runs = 0
         self.tiles_run = 0  # tiled network calls (for tests and logs)
         self._dis: WindowFlows | None = None  # for networks of the DIS-flow variant
+        self._classical: ClassicalReconstructor | None = None  # for networks with a classical gate
 
     # -- model -----------------------------------------------------------------------
 
@@ -194,7 +197,8 @@ class NetReconstructor:
             raise ValueError(f"the network needs the reference at the window centre, got {ref} of {n}")
         net = self.model(_exposures_in_window(n))
         with self._autocast():
-            return self._windowed(net, frames, exposures, ref)
+            hdr = self._windowed(net, frames, exposures, ref)
+        return self._gated(net, frames, exposures, ref, hdr)
 
     def _windowed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
         h, w = frames.shape[1:3]
@@ -240,6 +244,28 @@ class NetReconstructor:
         self.tiles_run += 1
         return out
 
+    def _gated(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int, hdr: np.ndarray) -> np.ndarray:
+        """With a gate (``NetConfig.classical_gate``) the final HDR is blended with the
+        classical merge of the same window; CoarseNet alone ("coarse") is never gated."""
+        if net.gate is None or self.name != "net":
+            return hdr
+        if self._classical is None:
+            self._classical = ClassicalReconstructor()
+        merged, conf = self._classical.reconstruct_with_confidence(frames, exposures, ref)
+        t_min = np.float32(min(exposures))
+        h = hdr.shape[0]
+        out = np.empty_like(hdr)
+        r = net.gate.radius
+        for y0 in range(0, h, GATE_ROWS):  # in strips: full-resolution features of a 4K frame are large
+            y1 = min(h, y0 + GATE_ROWS)
+            ya, yb = max(0, y0 - r), min(h, y1 + r)
+            args = [torch.from_numpy(np.array(a[ya:yb], np.float32)).permute(2, 0, 1)[None].to(self.device)
+                    for a in (hdr * t_min, merged * t_min, conf[..., None], frames[ref])]
+            blended, _ = net.gate(*args)
+            out[y0:y1] = blended[0, :, y0 - ya:y1 - ya].permute(1, 2, 0).float().cpu().numpy()
+        out /= t_min
+        return out
+
     # -- streaming -------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -264,7 +290,8 @@ class NetReconstructor:
             raise ValueError("streaming needs the reference at the centre and seqs/warps for every frame")
         net = self.model(_exposures_in_window(n))
         with self._autocast():
-            return self._streamed(net, frames, exposures, ref, seqs, warps)
+            hdr = self._streamed(net, frames, exposures, ref, seqs, warps)
+        return self._gated(net, frames, exposures, ref, hdr)
 
     def _streamed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int,
                   seqs: Sequence[int], warps: Sequence[Sequence[float]]) -> np.ndarray:

@@ -196,3 +196,24 @@ def test_infer_stage_accepts_received_read_only_windows():
     assert not w.data.flags.writeable
     out = InferStage("classical").process(w)
     assert len(out) == 1 and np.isfinite(out[0].data).all()
+
+
+@pytest.mark.parametrize("exps", [[1.0, 8.0], [1.0, 4.0, 16.0]])
+def test_confidence_is_high_where_static_and_low_where_something_moved(exps):
+    H = hdr_scene()
+    k = len(exps)
+    seq_exps = [exps[i % len(exps)] for i in range(2 * k + 1)]
+    frames = np.stack([render(H, t) for t in seq_exps])
+    moved = frames.copy()
+    moved[k + 1, 10:30, 20:40] = moved[k + 1, 10:30, 20:40][::-1, ::-1]  # a neighbour's patch changes
+    rec = ClassicalReconstructor()
+    for f in (frames, moved):
+        merged, conf = rec.reconstruct_with_confidence(f, seq_exps, k)
+        assert np.array_equal(merged, rec.reconstruct(f, seq_exps, k))  # the same merge, bit for bit
+        assert conf.shape == H.shape[:2] and conf.dtype == np.float32 and 0 <= conf.min() and conf.max() <= 1
+    _, static = rec.reconstruct_with_confidence(frames, seq_exps, k)
+    _, dynamic = rec.reconstruct_with_confidence(moved, seq_exps, k)
+    unclipped = frames[k].max(axis=2) < 0.8
+    assert np.median(static[unclipped]) > 0.9
+    assert np.median(dynamic[14:26, 24:36][unclipped[14:26, 24:36]]) < 0.2
+    assert np.median(dynamic[:, 50:][unclipped[:, 50:]]) > 0.9  # away from the change

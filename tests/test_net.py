@@ -405,3 +405,29 @@ class TestBadInputs:
             net2.refine_forward(torch.rand(2, 3, 3, SIZE, SIZE), ldr[:, 2, :, :16], expo[:, 1:4])
         with pytest.raises(ValueError, match="expo_window"):
             net2.features(torch.rand(2, 1, 3, SIZE, SIZE), expo[:, :1])
+
+
+# -- the classical gate --------------------------------------------------------------------
+
+
+def test_classical_gate_starts_halfway_and_blends_toward_the_classical_merge():
+    from infer.net.gate import ClassicalGate
+
+    torch.manual_seed(0)
+    gate = ClassicalGate()
+    b, h, w = 2, 20, 24
+    hdr, classical = torch.rand(b, 3, h, w), torch.rand(b, 3, h, w)
+    out, g = gate(hdr, classical, torch.rand(b, 1, h, w), torch.rand(b, 3, h, w))
+    assert out.shape == hdr.shape and g.shape == (b, 1, h, w)
+    assert torch.allclose(g, torch.full_like(g, 0.5), atol=0.02)  # an untrained gate: half and half
+    assert torch.allclose(out, hdr + g * (classical - hdr))
+    with pytest.raises(ValueError, match="confidence"):
+        gate(hdr, classical, torch.rand(b, 3, h, w), torch.rand(b, 3, h, w))
+
+
+def test_gated_network_round_trips_and_older_files_have_no_gate(tmp_path):
+    net = HDRNet(NetConfig(exposures=2, width=0.125, classical_gate=True))
+    path = save_weights(net, tmp_path / "gated.safetensors")
+    back = load_weights(path)
+    assert back.cfg.classical_gate and back.gate is not None
+    assert NetConfig.from_json('{"exposures": 2}').classical_gate is False  # files written before the gate

@@ -219,3 +219,58 @@ def test_shipped_network_is_seamless_in_tiles():
     a = NetReconstructor("net", device="cpu", stream=False, tile=0).reconstruct(frames, expos, 2)
     b = NetReconstructor("net", device="cpu", stream=False, tile=32, tile_margin=32).reconstruct(frames, expos, 2)
     assert np.abs(b - a).max() <= 1e-3 * np.abs(a).max()
+
+
+# -- the classical gate --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A tiny DIS-flow network with a gate, and the same gate forced fully open or shut."""
+    torch.manual_seed(0)
+    base = HDRNet(NetConfig(exposures=2, width=0.125, flow="dis", classical_gate=True)).eval()
+    paths = {}
+    for name, bias in (("half", 0.0), ("classical", 30.0), ("net", -30.0)):
+        with torch.no_grad():
+            base.gate.conv3.weight.zero_()
+            base.gate.conv3.bias.fill_(bias)
+        paths[name] = save_weights(base, tmp_path_factory.mktemp("g") / f"{name}.safetensors")
+    plain = HDRNet(NetConfig(exposures=2, width=0.125, flow="dis")).eval()
+    plain.load_state_dict({k: v for k, v in base.state_dict().items() if not k.startswith("gate.")})
+    paths["plain"] = save_weights(plain, tmp_path_factory.mktemp("g") / "plain.safetensors")
+    return paths
+
+
+def test_gate_chooses_between_the_network_and_the_classical_merge(gated):
+    from infer.classical import ClassicalReconstructor
+
+    frames, expos = stream_of(5, 2, h=40, w=52)
+    frames = frames ** 2  # darker: some of it well exposed in both
+    out = {}
+    for name, path in gated.items():
+        rec = NetReconstructor("net", device="cpu", tile=0)
+        rec.weights = {2: path}
+        out[name] = rec.reconstruct(frames, expos, 2)
+    classical = ClassicalReconstructor().reconstruct(frames, expos, 2)
+    np.testing.assert_allclose(out["classical"], classical, rtol=1e-5, atol=1e-6 * classical.max())
+    np.testing.assert_allclose(out["net"], out["plain"], rtol=1e-5, atol=1e-6 * out["plain"].max())
+    np.testing.assert_allclose(out["half"], 0.5 * (classical + out["plain"]), rtol=1e-4, atol=1e-5 * classical.max())
+
+
+def test_gate_is_applied_alike_windowed_streamed_and_in_strips(gated, monkeypatch):
+    import infer.netrecon as netrecon
+
+    frames, expos = stream_of(9, 2, h=40, w=52)
+    windowed = NetReconstructor("net", device="cpu", tile=0)
+    streaming = NetReconstructor("net", device="cpu", tile=0)
+    for rec in (windowed, streaming):
+        rec.weights = {2: gated["half"]}
+    monkeypatch.setattr(netrecon, "GATE_ROWS", 16)  # three strips of a 40-row frame
+    for i, win, ex, seqs in windows(frames, expos, 2):
+        a = windowed.reconstruct(win, ex, 2)
+        b = streaming.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * a.max(), err_msg=f"frame {i}")
+    monkeypatch.setattr(netrecon, "GATE_ROWS", 256)
+    whole = NetReconstructor("net", device="cpu", tile=0)
+    whole.weights = {2: gated["half"]}
+    np.testing.assert_allclose(whole.reconstruct(win, ex, 2), a, rtol=1e-5, atol=1e-6 * a.max())

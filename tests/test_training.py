@@ -286,3 +286,23 @@ def test_hdrstream_train_starts_the_trainer_as_its_own_program(capfd):
     assert hdrstream(["train", "--help"]) == 0
     assert "python -m training" in capfd.readouterr().out
     assert hdrstream(["train", "--stage", "nonsense"]) == 2  # the trainer's own exit status comes back
+
+
+def test_gate_stage_trains_only_the_gate_from_a_network_without_one(tmp_path):
+    from infer.net.model import HDRNet, NetConfig, save_weights
+
+    torch.manual_seed(0)
+    plain = HDRNet(NetConfig(exposures=2, width=0.125, prior_per_channel=True))
+    src = save_weights(plain, tmp_path / "plain.safetensors", {"stage": "e2e"})
+    trainer = Trainer(tiny_cfg(tmp_path, stage="gate", classical_gate=True, init=str(src), lr=1e-2))
+    net_before = {k: v.clone() for k, v in trainer.model.state_dict().items() if not k.startswith("gate.")}
+    stored = load_weights(src).state_dict()  # fp16 on disk
+    assert all(torch.equal(net_before[k], v) for k, v in stored.items())  # the network came over
+    batch = fixed_batch()
+    losses = [trainer.train_step(batch)[0] for _ in range(6)]
+    assert all(np.isfinite(losses)) and min(losses[-2:]) < losses[0]
+    after = trainer.model.state_dict()
+    assert all(torch.equal(net_before[k], after[k]) for k in net_before)  # only the gate moved
+    assert not torch.equal(after["gate.conv3.bias"], torch.zeros_like(after["gate.conv3.bias"]))
+    with pytest.raises(ValueError, match="classical_gate"):
+        tiny_cfg(tmp_path, stage="gate")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("coarse", "refine", "e2e")
+STAGES = ("coarse", "refine", "e2e", "gate")
 VAL_SEED_BASE = 10_000_000  # validation worlds use seeds >= this; training worlds never do
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -112,6 +112,7 @@ class TrainConfig:
     refine_residual: bool = True  # NetConfig.refine_residual: RefineNet corrects the coarse HDR
     prior_per_channel: bool = True  # NetConfig.prior_per_channel: saturation roll-off per channel (shipped)
     mask_blend: bool = True  # NetConfig.mask_blend: well-exposed pixels keep the coarse HDR (eq. 4)
+    classical_gate: bool = False  # NetConfig.classical_gate: a learned blend with the classical merge
     steps: int = 40_000  # total optimiser steps of this stage
     batch_size: int = 8
     lr: float = 1e-4
@@ -142,6 +143,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if self.stage == "gate" and not self.classical_gate:
+            raise ValueError("the gate stage trains the classical gate: set classical_gate = true")
         if self.exposures not in (2, 3):
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0:

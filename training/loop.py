@@ -116,7 +116,8 @@ class Trainer:
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
-                                 prior_per_channel=cfg.prior_per_channel)
+                                 prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate)
+        self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
             self._init_from(cfg.init)
@@ -150,11 +151,15 @@ class Trainer:
             state, stage = ckpt["model"], json.loads(ckpt.get("config", "{}")).get("stage")
         else:
             src = load_weights(p)
-            # the blend and the prior's roll-off have no weights: they may change between runs
-            free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel}
-            if replace(src.cfg, **free) != self.net_cfg:
+            # the blend and the prior's roll-off have no weights: they may change between runs;
+            # a network without a gate starts one that has its fresh gate
+            free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
+                    "classical_gate": self.net_cfg.classical_gate}
+            if replace(src.cfg, **free) != self.net_cfg or (src.cfg.classical_gate and not self.net_cfg.classical_gate):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
+            if self.model.gate is not None and src.gate is None:
+                state.update({f"gate.{k}": v for k, v in self.model.gate.state_dict().items()})
         if stage == "coarse" and self.cfg.stage != "coarse":
             state = {k: v for k, v in state.items() if k.startswith("coarse.")}
             self.model.coarse.load_state_dict({k[len("coarse."):]: v for k, v in state.items()})
@@ -166,7 +171,10 @@ class Trainer:
     def _stage_parameters(self) -> list[torch.nn.Parameter]:
         stage, m = self.cfg.stage, self.model
         m.requires_grad_(True)
-        if stage == "coarse":
+        if stage == "gate":
+            m.requires_grad_(False)
+            m.gate.requires_grad_(True)
+        elif stage == "coarse":
             m.refine.requires_grad_(False)
         elif stage == "refine":
             m.coarse.requires_grad_(False)
@@ -176,7 +184,10 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.model.train()
-        if self.cfg.stage == "refine":
+        if self.cfg.stage == "gate":
+            self.model.eval()
+            self.model.gate.train()
+        elif self.cfg.stage == "refine":
             self.model.coarse.eval()
         elif self.cfg.stage == "coarse":
             self.model.refine.eval()
@@ -207,9 +218,31 @@ class Trainer:
                 wflows = None if flows is None else torch.cat([flows[:, j] for j in range(3)], dim=0)
                 coarse = self.model.coarse_forward(windows, wexpo, wflows).view(3, b, 3, h, w).transpose(0, 1)
                 out = {"coarse": coarse}
+            elif stage == "gate":  # the network is frozen: no graph through it
+                with torch.no_grad():
+                    out = self.model(ldr, expo, flows)
             else:
                 out = self.model(ldr, expo, flows)
-        return {k: v.float() for k, v in out.items()}
+        out = {k: v.float() for k, v in out.items()}
+        if self.model.gate is not None and stage != "coarse":
+            merged, conf = self.classical_inputs(ldr, expo)
+            out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2])
+        return out
+
+    def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The classical merge (B, 3, H, W) of each window and its confidence (B, 1, H, W),
+        in the network's units, on the batch's device: what the gate blends with."""
+        from infer.classical import ClassicalReconstructor
+
+        if self._classical is None:
+            self._classical = ClassicalReconstructor()
+        c = ldr.shape[1] // 2
+        merged, conf = [], []
+        for frames, e in zip(ldr.float().cpu().numpy(), expo.float().cpu().tolist()):
+            H, k = self._classical.reconstruct_with_confidence(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
+            merged.append(torch.from_numpy(H.transpose(2, 0, 1).copy()))
+            conf.append(torch.from_numpy(k[None].copy()))
+        return torch.stack(merged).to(ldr.device), torch.stack(conf).to(ldr.device)
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

@@ -120,11 +120,13 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
 
     Args:
         stage: "coarse" (``out`` needs "coarse"), "refine" or "e2e" (need "hdr", "mask",
-            and for e2e "coarse").
+            and for e2e "coarse"), "gate" (needs "hdr", the gated final HDR).
         out: network outputs. batch: a batch with "gt" (B, 3, 3, H, W) and "gt_ref".
         lcfg: :class:`training.config.LossConfig`.
     """
     terms: dict[str, Tensor] = {}
+    if stage == "gate":  # the gated final HDR, every pixel counts (the gate also acts where M = 1)
+        terms["gate"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], batch["gt"])
     if stage in ("refine", "e2e"):

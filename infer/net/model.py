@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.coarse import CoarseNet
+from infer.net.gate import ClassicalGate
 from infer.net.ops import check_multiple, check_shape, well_exposed_mask
 from infer.net.refine import RefineFeatures, RefineNet
 
@@ -59,6 +60,9 @@ class NetConfig:
         mask_blend: the final HDR keeps the coarse HDR where the reference is well exposed
             (the paper's eq. 4, True), or is RefineNet's output everywhere (False), so that
             it may also remove the noise and demosaicing errors of well-exposed pixels.
+        classical_gate: a learned per-pixel blend of the final HDR with the classical
+            merge's (``infer.net.gate``), which the caller computes and passes in; False is
+            the paper's network.
     """
 
     exposures: int = 2
@@ -70,6 +74,7 @@ class NetConfig:
     refine_residual: bool = True
     prior_per_channel: bool = False
     mask_blend: bool = True
+    classical_gate: bool = False
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -125,6 +130,7 @@ class HDRNet(nn.Module):
                                 weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
+        self.gate = ClassicalGate() if cfg.classical_gate else None
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------
