@@ -245,10 +245,11 @@ def test_cli_trains_validates_and_exports_loadable_weights(tmp_path):
     out = tmp_path / "run"
     rc = main(["--stage", "e2e", "--width", "0.125", "--steps", "2", "--batch-size", "1", "--crop", str(CROP),
                "--out", str(out), "--no-progress", "--workers", "0",
-               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_dynamic=2", "--set", "val_every=2",
+               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_dynamic=2", "--set", "val_every=1",
                "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "data.pool=2"])
     assert rc == 0
-    (val,) = log_records(out / "log.jsonl", "val")
+    first, val = log_records(out / "log.jsonl", "val")
+    assert "vs_best" not in first and np.isfinite(val["vs_best"]["delta"])  # step 2 against step 1, paired
     assert np.isfinite(val["psnr_mu_final"]) and np.isfinite(val["psnr_mu_classical"])
     dyn = val["dynamic"]  # the dynamic split's windows, scored by region; the metric weighs both sets
     assert dyn["windows"] == 2 and np.isfinite(dyn["net"]) and np.isfinite(dyn["classical"])
@@ -306,3 +307,16 @@ def test_gate_stage_trains_only_the_gate_from_a_network_without_one(tmp_path):
     assert not torch.equal(after["gate.conv3.bias"], torch.zeros_like(after["gate.conv3.bias"]))
     with pytest.raises(ValueError, match="classical_gate"):
         tiny_cfg(tmp_path, stage="gate")
+
+
+def test_paired_difference_tells_a_real_change_from_noise():
+    from training.loop import paired_difference
+
+    rng = np.random.default_rng(0)
+    best = list(rng.normal(40.0, 2.0, 48) / 48)  # per-window scores, weighted to sum to the metric
+    better = [b + 0.5 / 48 + rng.normal(0, 0.05) / 48 for b in best]
+    noisy = [b + rng.normal(0, 0.5) / 48 for b in best]
+    up, noise = paired_difference(better, best), paired_difference(noisy, best)
+    assert abs(up["delta"] - 0.5) < 0.05 and up["delta"] > 5 * up["se"]
+    assert abs(noise["delta"]) < 3 * noise["se"]
+    assert np.isnan(paired_difference(better[:10], best)["delta"])

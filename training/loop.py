@@ -338,6 +338,7 @@ class Trainer:
                 result["by_reference"][role] = {"net": _mean([main[j] for j in idx]),
                                                 "classical": _mean([classical[j] for j in idx])}
         result["metric"] = result["psnr_mu_final"] if final is not None else result["psnr_mu_coarse"]
+        result["scores"] = main  # per window, to tell two checkpoints apart (paired)
         if "dynamic" in sets:
             result["dynamic"] = self._validate_regions(sets["dynamic"])
             result["metric"] = 0.5 * (result["metric"] + result["dynamic"]["net"])
@@ -348,7 +349,8 @@ class Trainer:
         network's main output, CoarseNet's and classical's."""
         coarse, final, gts, _ = self._predict(data)
         main = final if final is not None else coarse
-        out: dict[str, Any] = {"net": _mean([psnr_mu(p, g, 1.0) for p, g in zip(main, gts)]),
+        scores = [psnr_mu(p, g, 1.0) for p, g in zip(main, gts)]
+        out: dict[str, Any] = {"net": _mean(scores), "scores": scores,
                                "coarse": _mean([psnr_mu(p, g, 1.0) for p, g in zip(coarse, gts)]),
                                "classical": _mean(data["classical"].tolist()), "windows": len(gts), "regions": {}}
         cr = data["classical_regions"].double()
@@ -512,6 +514,8 @@ class Trainer:
 
     def _validate_and_export(self, write, elapsed: float) -> dict:
         val = self.validate()
+        if self.best.get("scores"):
+            val["vs_best"] = paired_difference(_metric_scores(val), self.best["scores"])
         write({"kind": "val", "step": self.step, **val})
         msg = f"step {self.step}: val PSNR-μ coarse {val['psnr_mu_coarse']:.2f}"
         if val["psnr_mu_final"] is not None:
@@ -521,11 +525,34 @@ class Trainer:
             d = val["dynamic"]
             msg += f"; dynamic {d['net']:.2f} (classical {d['classical']:.2f}), motion " \
                    f"{d['regions']['motion']['net']:.2f} ({d['regions']['motion']['classical']:.2f})"
+        if "vs_best" in val:
+            msg += f"; against the best (step {self.best['step']}): {val['vs_best']['delta']:+.3f} dB " \
+                   f"± {val['vs_best']['se']:.3f} (paired standard error)"
         log.info("%s", msg)
         if self.best["metric"] is None or val["metric"] > self.best["metric"]:
-            self.best = {"metric": val["metric"], "step": self.step}
+            self.best = {"metric": val["metric"], "step": self.step, "scores": _metric_scores(val)}
             self.export(self.out / "best.safetensors", elapsed, val)
         return val
+
+
+def _metric_scores(val: dict[str, Any]) -> list[float]:
+    """Per-window scores in the metric's weighting: static and dynamic sets count half each."""
+    static = val["scores"]
+    dynamic = val.get("dynamic", {}).get("scores")
+    if not dynamic:
+        return [s / len(static) for s in static]
+    return [s / (2 * len(static)) for s in static] + [s / (2 * len(dynamic)) for s in dynamic]
+
+
+def paired_difference(scores: list[float], best: list[float]) -> dict[str, float]:
+    """The metric's change against the best checkpoint and its standard error, from the
+    per-window differences (weights already folded into the scores); NaN if the sets differ."""
+    if len(scores) != len(best) or not scores:
+        return {"delta": float("nan"), "se": float("nan")}
+    d = np.asarray(scores, np.float64) - np.asarray(best, np.float64)
+    n = len(d)
+    # the metric is a weighted sum of per-window scores, so it changes by n · mean(d)
+    return {"delta": float(d.sum()), "se": float(n * d.std(ddof=1) / np.sqrt(n)) if n > 1 else float("nan")}
 
 
 def _mean(xs: list[float]) -> float:
