@@ -9,10 +9,10 @@ from infer.method import PRECISIONS, Reconstructor
 KNOWN = ("classical", "reference", "net", "coarse")
 
 
-# The method used when none is named. The shipped CPU-trained network ties with classical on
-# the validation sequences (bench/quality.py, 2026-11-28: +0.11 dB PSNR-μ for 2 exposures,
-# -0.10 dB for 3) at ~40x its CPU time, so classical stays the default until weights that
-# win ship (infer/weights/README.md); --method net selects the network.
+# The method used when none is named. The shipped CPU-trained network (2 exposures with its
+# classical gate) beats classical on the dynamic validation split by ~1 dB PSNR-μ and ties on
+# the static one (bench/quality.py, 2026-12-04), short of the +1.5 dB asked before it becomes
+# the default, at ~40x classical's CPU time (infer/weights/README.md); --method net selects it.
 DEFAULT_METHOD = "classical"
 
 
