@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -212,7 +213,7 @@ class SampleMaker:
             reference phase cycling through the exposures, no augmentation.
         crop: crop size (defaults to ``dcfg.crop``).
         flows: also give each sample the DIS flows of its three CoarseNet windows
-            ("flows", see :func:`dis_flows`), for the DIS-flow network variant.
+            ("flows", see :func:`coarse_flows`), for the DIS-flow network variant.
     """
 
     def __init__(self, dcfg: DataConfig, exposures: int, seed: int, split: str = "train",
@@ -374,25 +375,34 @@ def validation_set(dcfg: DataConfig, exposures: int, size: int, crop: int, seed:
     """
     key = validation_key(dcfg, exposures, size, crop, seed, flows)
     path = Path(cache_dir) / f"val-{key}.pt" if cache_dir else None
-    data = None
-    if path is not None and path.is_file():
-        data = torch.load(path, weights_only=True)
-        if data.get("key") != key:
-            data = None
-    if data is None:
-        t0 = time.monotonic()
+
+    def make() -> dict:
         maker = SampleMaker(dcfg, exposures, seed, split="val", crop=crop, flows=flows)
-        data = collate([maker(j) for j in range(size)])
-        data["key"] = key
-        log.info("validation set: %d windows of %d px made in %.1f s", size, crop, time.monotonic() - t0)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(data, tmp)
-            tmp.replace(path)
+        return collate([maker(j) for j in range(size)])
+
+    data = _cached_set(path, key, make, "validation set")
     # Scored afresh (a few ms per window), never cached: the baseline must be today's classical.
     data["classical"] = torch.tensor(classical_scores(data), dtype=torch.float64)
     log.info("validation set: classical PSNR-μ %.2f dB", float(data["classical"].mean()))
+    return data
+
+
+def _cached_set(path: Path | None, key: str, make: Callable[[], dict], what: str) -> dict:
+    """A validation set from its cache file if that holds ``key``, else ``make()``, cached
+    atomically (a killed run never leaves a half-written set)."""
+    if path is not None and path.is_file():
+        data = torch.load(path, weights_only=True)
+        if data.get("key") == key:
+            return data
+    t0 = time.monotonic()
+    data = make()
+    data["key"] = key
+    log.info("%s: %d windows made in %.1f s", what, len(data["ldr"]), time.monotonic() - t0)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(data, tmp)
+        tmp.replace(path)
     return data
 
 
@@ -441,9 +451,8 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
             "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 1}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
-    data = torch.load(path, weights_only=True) if path is not None and path.is_file() else None
-    if data is None or data.get("key") != key:
-        t0 = time.monotonic()
+
+    def make() -> dict:
         samples: list[dict[str, torch.Tensor]] = []
         i = 0
         while len(samples) < size:
@@ -452,14 +461,9 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
             cfg = split_config("dynamic", DYNAMIC_VAL_OFFSET + i, base)
             samples += _sequence_samples(cfg, crop, per_sequence, flows)[:size - len(samples)]
             i += 1
-        data = collate(samples)
-        data["key"] = key
-        log.info("dynamic validation set: %d windows of %d px made in %.1f s", size, crop, time.monotonic() - t0)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            torch.save(data, tmp)
-            tmp.replace(path)
+        return collate(samples)
+
+    data = _cached_set(path, key, make, "dynamic validation set")
     scores = torch.tensor(classical_region_scores(data), dtype=torch.float64)
     data["classical"], data["classical_regions"] = scores[:, 0], scores[:, 1:]
     log.info("dynamic validation set: classical PSNR-μ %.2f dB", float(data["classical"].mean()))
