@@ -25,17 +25,54 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
 import zmq
 
 from hdrstream.frame import Frame, ProtocolError, decode, encode
+from hdrstream.seqranges import SeqRanges
 from hdrstream.transport import FLUSH_S, Sender, context, parse_endpoint
 
 log = logging.getLogger(__name__)
 
 READY, HB, DONE, BYE, WORK = b"READY", b"HB", b"DONE", b"BYE", b"WORK"
+MAX_SLOTS = 64  # chunks one worker may hold; more is a malformed READY, not a reason to hoard
+MAX_WORKER_NAME = 256
+
+
+class ControlError(ValueError):
+    """A worker's control message that does not follow the wire format above."""
+
+
+def parse_control(parts: list) -> tuple[bytes, bytes, str, dict]:
+    """(route, kind, worker name, body) of a message from a worker; :class:`ControlError`
+    for anything else, whatever the bytes."""
+    if len(parts) not in (2, 3):
+        raise ControlError(f"expected [route, kind, body], got {len(parts)} part(s)")
+    route, kind = bytes(parts[0]), bytes(parts[1])
+    if kind not in (READY, HB, DONE, BYE):
+        raise ControlError(f"unknown message kind {kind[:16]!r}")
+    if len(parts) < 3:
+        raise ControlError(f"{kind.decode()} without a body")
+    try:
+        body = msgpack.unpackb(parts[2], raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise ControlError(f"body is not msgpack: {type(exc).__name__}") from None
+    if not isinstance(body, dict):
+        raise ControlError(f"body must be a map, got {type(body).__name__}")
+    name = body.get("worker")
+    if not isinstance(name, str) or not 0 < len(name) <= MAX_WORKER_NAME:
+        raise ControlError("body needs a worker name (a string)")
+    slots = body.get("slots", 1)
+    if not isinstance(slots, int) or isinstance(slots, bool) or not 1 <= slots <= MAX_SLOTS:
+        raise ControlError(f"slots must be an int in 1..{MAX_SLOTS}")
+    if kind == DONE:
+        chunk = body.get("chunk")
+        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+            raise ControlError("DONE needs a chunk id (a non-negative int)")
+    return route, kind, name, body
 
 
 @dataclass
@@ -90,6 +127,8 @@ class DispatchStats:
     workers_lost: int = 0
     failed_seqs: list[int] = field(default_factory=list)
     malformed: int = 0
+    unknown_worker: int = 0  # DONE/BYE from a worker that is not registered
+    errors: int = 0  # control messages whose handling failed (a bug): counted, dropped
 
 
 class Dispatcher:
@@ -101,8 +140,11 @@ class Dispatcher:
         cfg: dispatch settings. metrics: optional :class:`hdrstream.metrics.StageMetrics`.
     """
 
-    def __init__(self, work: str, sink: str, cfg: DispatchConfig | None = None, metrics=None) -> None:
+    def __init__(self, work: str, sink: str, cfg: DispatchConfig | None = None, metrics=None,
+                 on_failure: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg or DispatchConfig()
+        self.failure: str | None = None  # why the dispatcher thread died, if it did
+        self._on_failure = on_failure
         self.metrics = metrics
         self.stats = DispatchStats()
         address, bind = parse_endpoint(work, True)
@@ -141,7 +183,7 @@ class Dispatcher:
         """Queue one window (or the eos); blocks while the workers are behind (back-pressure)."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if self._done.is_set():
+            if self._done.is_set() or self.failure is not None:
                 return False
             try:
                 self._inbox.put(frame, timeout=0.1)
@@ -182,9 +224,11 @@ class Dispatcher:
                     self._finish(sink)
                     return
                 self._gauges()
-        except Exception:
+        except Exception as exc:  # a dead dispatcher must take its process with it, loudly
+            self.failure = f"dispatcher thread died: {type(exc).__name__}: {exc}"
             log.exception("dispatcher failed")
-            raise
+            if self._on_failure is not None:
+                self._on_failure(self.failure)
         finally:
             sink.close(flush_s=FLUSH_S)
             self._sock.close(linger=0)
@@ -198,28 +242,35 @@ class Dispatcher:
             except zmq.Again:
                 return
             try:
-                route, kind, body = parts[0], parts[1], msgpack.unpackb(parts[2]) if len(parts) > 2 else {}
-                name = str(body["worker"])
-            except Exception:
+                route, kind, name, body = parse_control(parts)
+            except ControlError as exc:
                 self.stats.malformed += 1
-                log.warning("dispatcher: malformed message from a worker dropped")
+                log.warning("dispatcher: malformed message from a worker dropped: %s", exc)
                 self._count_drop("malformed")
                 continue
-            self._on_message(route, kind, name, body)
+            try:
+                self._on_message(route, kind, name, body)
+            except Exception:  # a bug in handling one message costs that message
+                self.stats.errors += 1
+                log.exception("dispatcher: handling %s from %s failed; message dropped", kind, name)
+                self._count_drop("error")
 
     def _on_message(self, route: bytes, kind: bytes, name: str, body: dict) -> None:
         now = time.monotonic()
         w = self._workers.get(name)
-        if w is None and kind in (READY, HB, DONE):  # new, or back after being declared lost
-            slots = max(1, int(body.get("slots", 1 + self.cfg.prefetch)))
+        if w is None and kind in (READY, HB):  # new, or back after being declared lost
+            slots = int(body.get("slots", 1 + self.cfg.prefetch))
             w = self._workers[name] = _Worker(name, route, slots, now)
             log.info("dispatcher: worker %s %s (%d worker(s))", name,
                      "ready" if kind == READY else "is back", self.workers)
-        if w is None:
+        if w is None:  # DONE or BYE from nobody we know: no phantom worker
+            self.stats.unknown_worker += 1
+            log.warning("dispatcher: %s from unknown worker %r ignored", kind.decode(), name[:64])
+            self._count_drop("unknown_worker")
             return
         w.route, w.last_seen = route, now
         if kind == DONE:
-            chunk = w.chunks.pop(int(body.get("chunk", -1)), None)
+            chunk = w.chunks.pop(body["chunk"], None)
             if chunk is not None:
                 self.stats.chunks_done += 1
                 if self.metrics is not None:
@@ -328,6 +379,7 @@ class Dispatcher:
             meta["first_seq"] = self._first_seq
         if self.stats.failed_seqs:
             meta["failed"] = sorted(self.stats.failed_seqs)
+        meta["malformed"] = {**meta.get("malformed", {}), "dispatch": self.stats.malformed + self.stats.unknown_worker}
         eos = Frame(kind="eos", stream=self._eos.stream, seq=self._eos.seq, t_ns=self._eos.t_ns,
                     exposure_s=0.0, gain_db=0.0, pixel_format=self._eos.pixel_format, data=self._eos.data,
                     meta=meta)
@@ -349,12 +401,16 @@ class Dispatcher:
 
 
 def decode_work(parts: list) -> tuple[int, list[Frame]]:
-    """A WORK message's (chunk id, windows); ProtocolError if it is malformed."""
+    """A WORK message's (chunk id, windows); ProtocolError (only) if it is malformed."""
+    if len(parts) < 2:
+        raise ProtocolError("WORK message without a body")
     try:
-        body = msgpack.unpackb(parts[1])
-        chunk = int(body["chunk"])
+        body = msgpack.unpackb(getattr(parts[1], "buffer", parts[1]), raw=False, strict_map_key=True)
     except Exception as exc:
-        raise ProtocolError(f"bad WORK message: {exc}") from None
+        raise ProtocolError(f"bad WORK message: body is not msgpack ({type(exc).__name__})") from None
+    chunk = body.get("chunk") if isinstance(body, dict) else None
+    if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
+        raise ProtocolError("bad WORK message: no chunk id")
     frames = parts[2:]
     if len(frames) % 2:
         raise ProtocolError("WORK message: header without payload")
@@ -368,7 +424,7 @@ class EosHold:
 
     def __init__(self, receiver, grace_s: float = 10.0) -> None:
         self.receiver, self.grace_s = receiver, grace_s
-        self._seen: set[int] = set()
+        self._seen = SeqRanges()
         self._eos: Frame | None = None
         self._last = time.monotonic()
 
@@ -380,14 +436,13 @@ class EosHold:
     def endpoint(self) -> str:
         return self.receiver.endpoint
 
-    def owed(self) -> list[int]:
-        """Seqs the held eos announces that have not arrived (nor been given up)."""
+    def owed(self) -> SeqRanges:
+        """Seqs the held eos announces that have not arrived (nor been given up), as ranges."""
         if self._eos is None:
-            return []
-        end, meta = self._eos.seq, self._eos.meta
-        first = meta.get("first_seq", max(0, end - int(meta.get("count", 0))))
-        failed = set(meta.get("failed", ()))
-        return [s for s in range(int(first), int(end)) if s not in self._seen and s not in failed]
+            return SeqRanges()
+        end, meta = self._eos.seq, self._eos.meta  # decode checked the types
+        first = meta.get("first_seq", max(0, end - meta.get("count", 0)))
+        return self._seen.minus(SeqRanges(meta.get("failed", ())), first, end)
 
     def recv(self, timeout_s: float | None = None) -> Frame | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -119,13 +119,17 @@ def serve_preprocess(stage, inp: str, work: str, sink: str, dispatch=None, metri
     signals = Signals()
     metrics, server = start_metrics("preprocess", metrics_port, metrics_host)
     receiver = Receiver(inp, bind=False)
-    dispatcher = Dispatcher(work, sink, dispatch, metrics=StageMetrics("dispatch"))
+    dispatcher = Dispatcher(work, sink, dispatch, metrics=StageMetrics("dispatch"),
+                            on_failure=lambda why: signals.stop.set())
     stats = LoopStats()
     signals.stop_when_idle(stats)
     try:
         rc = _report(stage.name, run_stage(stage, receiver, dispatcher, signals.stop, stats, metrics=metrics))
         while not dispatcher.wait(0.5) and not signals.stop.is_set():
             pass  # the workers are still on the last chunks
+        if dispatcher.failure is not None:  # exit non-zero so up/compose restart us or the run fails
+            print(f"preprocess: {dispatcher.failure}", file=sys.stderr)
+            rc = 3
         d = dispatcher.stats
         log.info("dispatch: %d chunk(s) done, %d re-dispatched, %d worker(s) lost, %d seq(s) given up",
                  d.chunks_done, d.redispatched, d.workers_lost, len(d.failed_seqs))

@@ -123,19 +123,28 @@ def run_stage(
             continue
         stats.received += 1
         if frame.kind == "eos":
+            # what this stage could not read travels on, so report.json counts it per stage
+            frame.meta["malformed"] = {**frame.meta.get("malformed", {}),
+                                       stage.name: sum(getattr(receiver, "malformed", {}).values())}
             # the stage sees the eos first (the sink learns the expected seq range), then flushes
             _send_all(_guarded(lambda f=frame: [*stage.process(f), *stage.finish()], stage, frame, stats, metrics),
                       sender, stop, stats, metrics)
             if sender is not None and not sender.send(frame, timeout_s=EOS_TIMEOUT_S):
                 log.error("%s: end of stream not delivered within %.0f s", stage.name, EOS_TIMEOUT_S)
             break
-        t0 = time.perf_counter()
-        outputs = _guarded(lambda f=frame: stage.process(f), stage, frame, stats, metrics)
-        if metrics is not None:
-            metrics.processing.observe(time.perf_counter() - t0)
-            metrics.frames.inc()
-            metrics.observe_age(frame)
-        _send_all(outputs, sender, stop, stats, metrics)
+        try:
+            t0 = time.perf_counter()
+            outputs = _guarded(lambda f=frame: stage.process(f), stage, frame, stats, metrics)
+            if metrics is not None:
+                metrics.processing.observe(time.perf_counter() - t0)
+                metrics.frames.inc()
+                metrics.observe_age(frame)
+            _send_all(outputs, sender, stop, stats, metrics)
+        except Exception as exc:  # a bug in handling one message costs that message, not the stage
+            stats.errors[f"loop: {type(exc).__name__}"] += 1
+            log.exception("%s: handling %s seq %d failed; message dropped", stage.name, frame.kind, frame.seq)
+            if metrics is not None:
+                metrics.drop("error")
     malformed.update()
     for reason, n in receiver.malformed.items():
         stats.errors[f"malformed: {reason}"] = n

@@ -5,7 +5,7 @@ and flicker metrics) need seq order. A live stream cannot wait forever for a fra
 was dropped upstream, so once more than ``window`` frames are held the missing seq is
 declared a gap and the stream moves on. A gap frame that turns up later is still
 released (flagged late, out of order) and leaves the gap list; a seq seen twice is a
-duplicate. Memory is bounded by ``window`` frames plus the list of gaps.
+duplicate. Memory is bounded by ``window`` frames plus the gaps, kept as ranges.
 
 Where a stream starts is not known up front: streams normally begin at ``first`` (0),
 and release starts at once when that seq arrives; otherwise frames are held until the
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from hdrstream.seqranges import SeqRanges
 
 T = TypeVar("T")
 
@@ -35,14 +37,15 @@ class Reorderer(Generic[T]):
     _held: dict[int, T] = field(default_factory=dict, init=False, repr=False)
     _next: int | None = field(default=None, init=False, repr=False)
     _first: int | None = field(default=None, init=False, repr=False)  # first seq released
-    _gaps: set[int] = field(default_factory=set, init=False, repr=False)
+    _gaps: SeqRanges = field(default_factory=SeqRanges, init=False, repr=False)
     _early: set[int] = field(default_factory=set, init=False, repr=False)  # seen below _first
     duplicates: int = field(default=0, init=False)
     late: int = field(default=0, init=False)
 
     @property
-    def gaps(self) -> list[int]:
-        return sorted(self._gaps)
+    def gaps(self) -> SeqRanges:
+        """Seqs declared lost, as ranges (memory does not grow with the size of a gap)."""
+        return self._gaps
 
     @property
     def held(self) -> int:
@@ -63,8 +66,8 @@ class Reorderer(Generic[T]):
         if seq < self._next:
             # Below the release point: a frame we declared lost, one from before the
             # first frame we saw, or a repeat of something already released.
-            if seq in self._gaps:
-                self._gaps.discard(seq)
+            if self._gaps.discard(seq):
+                pass
             elif seq < self._first and seq not in self._early:
                 self._early.add(seq)
             else:
@@ -84,14 +87,15 @@ class Reorderer(Generic[T]):
             out += self._skip_to(min(self._held))
         if self._next is None:  # nothing ever arrived
             if start is not None and end is not None:
-                self._gaps.update(range(start, end))
+                self._gaps.add_range(start, end)
             return out
         assert self._first is not None
         if end is not None and end > self._next:
-            self._gaps.update(range(self._next, end))
+            self._gaps.add_range(self._next, end)
             self._next = end
         if start is not None and start < self._first:
-            self._gaps.update(s for s in range(start, self._first) if s not in self._early)
+            for a, b in SeqRanges(self._early).minus(self._gaps, start, self._first).ranges():
+                self._gaps.add_range(a, b + 1)
         return out
 
     def _overflow(self) -> list[Released[T]]:
@@ -102,7 +106,7 @@ class Reorderer(Generic[T]):
 
     def _skip_to(self, seq: int) -> list[Released[T]]:
         assert self._next is not None
-        self._gaps.update(range(self._next, seq))
+        self._gaps.add_range(self._next, seq)
         self._next = seq
         return self._drain()
 

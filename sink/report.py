@@ -157,9 +157,9 @@ def summary_text(report: dict[str, Any]) -> str:
         lines.append(f"the stream ended early: {report['stream_error']}")
     gaps = report["gaps"]
     dropped = report["dropped"]["total"]
-    shown = ", ".join(map(str, gaps[:10])) + (" …" if len(gaps) > 10 else "")
+    shown = ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps[:10]) + (" …" if len(gaps) > 10 else "")
     lines.append(
-        f"gaps: {len(gaps)}{' (' + shown + ')' if gaps else ''}; duplicates: {report['duplicates']}; "
+        f"gaps: {report['gap_count']}{' (' + shown + ')' if gaps else ''}; duplicates: {report['duplicates']}; "
         f"dropped: {dropped}{' ' + str(report['dropped']['by_reason']) if dropped else ''}"
     )
     for name, m in report["methods"].items():

@@ -34,6 +34,7 @@ import numpy as np
 
 from hdrstream import hdrio
 from hdrstream.frame import Frame
+from hdrstream.seqranges import SeqRanges
 from sink.lanes import Lanes
 from sink.preview import ThumbnailSampler, VideoPreview, thumbnail, write_contact_sheet
 from sink.reorder import Released, Reorderer
@@ -47,6 +48,9 @@ log = logging.getLogger(__name__)
 HDR_FORMATS = ("RGBf32", "RGBf16")
 DEFAULT_METHOD = "hdr"  # the name used for frames that carry no meta["method"]
 _GT_SUFFIXES = (".exr", ".hdr")
+# An eos further than this past the highest seq seen is not believed: no queue in the graph
+# holds that many frames (10,000 = 5.5 min at 30 frames/s lost in a row at the very end).
+EOS_SLACK = 10_000
 NOTES = (
     "frames_in counts hdr messages of all methods, frames_out the main method's EXRs, exr_files "
     "those of all methods. timing_ms is per frame (mean/p50/p95/max); sink_write/preview/metrics "
@@ -127,7 +131,9 @@ class Sink:
         self._eos_end: int | None = None
         self._eos_start: int | None = None
         self._stream_error: str | None = None  # why the source stopped early, from its eos
-        self._failed: list[int] = []  # seqs no inference worker could produce (eos "failed")
+        self._failed = SeqRanges()  # seqs no inference worker could produce (eos "failed")
+        self._max_seq: int | None = None  # highest seq of any hdr frame: judges an eos's plausibility
+        self._upstream_malformed: dict[str, int] = {}  # per stage, carried by the eos
         self._latency = Stats()  # ms from the camera handing a frame over to its HDR frame here
         self.frames_in = 0
         self.repaired = 0  # frames with non-finite values that were repaired
@@ -205,7 +211,8 @@ class Sink:
                 "dir": str(self._dir_for(name)),
                 "frames_in": m.frames_in,
                 "frames_out": m.frames_out,
-                "gaps": m.reorder.gaps,
+                "gaps": m.reorder.gaps.ranges(),
+                "gap_count": len(m.reorder.gaps),
                 "duplicates": m.reorder.duplicates,
                 "late": m.reorder.late,
                 "held": m.reorder.held,
@@ -222,10 +229,14 @@ class Sink:
             "duplicates": sum(m.reorder.duplicates for m in self._methods.values()),
             "late": sum(m.reorder.late for m in self._methods.values()),
             "repaired_frames": self.repaired,
-            "gaps": main.reorder.gaps if main else [],
+            "gaps": main.reorder.gaps.ranges() if main else [],  # [first, last] seq ranges, both included
+            "gap_count": len(main.reorder.gaps) if main else 0,
+            "lost": self._lost(main),
             "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
             "stream_error": self._stream_error,
-            "failed_seqs": self._failed,  # also in gaps: given up after worker failures (see the dispatcher)
+            "failed_seqs": self._failed.ranges(),  # also in gaps: given up after worker failures (see the dispatcher)
+            "malformed": {**self._upstream_malformed, **({"sink": dropped.get("malformed", 0)}
+                                                         if "sink" not in self._upstream_malformed else {})},
             "latency_ms": self._latency.summary(),  # capture hand-over -> HDR frame at the sink
             "wall_s": round(wall, 4),
             "throughput_fps": round(main_out / wall, 3) if wall > 0 else 0.0,
@@ -242,6 +253,15 @@ class Sink:
             "preview_url": self._web.url if self._web is not None else None,
             "notes": NOTES,
         }
+
+    def _lost(self, main: _Method | None) -> dict[str, int]:
+        """Frames the source sent that have no EXR (the gaps), by reason."""
+        if main is None:
+            return {"total": 0}
+        gaps = main.reorder.gaps
+        failed = gaps.overlap(self._failed)
+        rest = "source_stopped" if self._stream_error else "never_arrived"
+        return {"total": len(gaps), "worker_failed": failed, rest: len(gaps) - failed}
 
     def summary(self) -> str:
         """A few human-readable lines: frames, gaps, mean quality per method, where files are."""
@@ -286,6 +306,7 @@ class Sink:
         wall = frame.meta.get("wall_ns")
         if method == self._main and isinstance(wall, int) and not isinstance(wall, bool) and wall > 0:
             self._latency.add((time.time_ns() - wall) / 1e6)
+        self._max_seq = frame.seq if self._max_seq is None else max(self._max_seq, frame.seq)
         released = m.reorder.push(int(frame.seq), item)
         if released is None:
             log.warning("sink: duplicate seq %d for method %s ignored", frame.seq, method)
@@ -298,19 +319,34 @@ class Sink:
         if not isinstance(end, int) or isinstance(end, bool) or end < 0:
             self._drop("bad_eos", frame)
             return
-        self._eos_end = end if self._eos_end is None else max(self._eos_end, end)
         first, count = frame.meta.get("first_seq"), frame.meta.get("count")
-        if isinstance(first, int) and not isinstance(first, bool):
+        first = first if isinstance(first, int) and not isinstance(first, bool) else None
+        count = count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else None
+        seen = self._max_seq + 1 if self._max_seq is not None else (first or 0) + (count or 0)
+        if end > seen + EOS_SLACK or (first is not None and first > end):
+            # a forged or corrupt eos: believing it would report a stream that never was
+            log.error("sink: end of stream at seq %d rejected: implausible (highest seq seen %s, first_seq %s)",
+                      end, self._max_seq, first)
+            self._drop("implausible_eos", frame)
+            return
+        self._eos_end = end if self._eos_end is None else max(self._eos_end, end)
+        if first is not None:
             self._eos_start = first
-        elif isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+        elif count is not None:
             self._eos_start = max(0, self._eos_end - count)
+        malformed = frame.meta.get("malformed")
+        if isinstance(malformed, dict):
+            self._upstream_malformed.update({str(k): int(v) for k, v in malformed.items()
+                                             if isinstance(v, int) and not isinstance(v, bool)})
         if frame.meta.get("error"):
             self._stream_error = str(frame.meta["error"])
             log.error("sink: the stream ended early: %s", self._stream_error)
         failed = frame.meta.get("failed")
-        if isinstance(failed, list) and all(isinstance(s, int) for s in failed):
-            self._failed = sorted(set(self._failed) | set(failed))
-            log.error("sink: %d frame(s) could not be produced by any inference worker: %s", len(failed), failed)
+        if isinstance(failed, list) and all(isinstance(s, int) and not isinstance(s, bool) for s in failed):
+            for s in failed:
+                self._failed.add(s)
+            log.error("sink: %d frame(s) could not be produced by any inference worker: %s",
+                      len(failed), self._failed.ranges()[:20])
         log.info("sink: end of stream at seq %d (start %s)", end, self._eos_start)
 
     def _method(self, name: str) -> _Method:

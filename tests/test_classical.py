@@ -141,7 +141,7 @@ def window(exps=(1.0, 8.0), seq=3) -> Frame:
     seq_exps = [exps[i % len(exps)] * 1e-3 for i in range(2 * len(exps) + 1)]
     data = np.stack([render(H * 1e3, t) for t in seq_exps]).astype(np.float32)
     return Frame("window", "cam", seq, 123, seq_exps[len(exps)], 1.5, "RGBf32", data, set=1,
-                 meta={"stem": "img_03", "ref": len(exps), "exposures": seq_exps, "seqs": list(range(5)),
+                 meta={"stem": "img_03", "ref": len(exps), "exposures": seq_exps, "seqs": list(range(len(seq_exps))),
                        "t_min": 1e-3, "timing": {"capture": 0.01, "preprocess": 0.02}})
 
 

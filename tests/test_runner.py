@@ -70,7 +70,8 @@ def test_embedded_graph_delivers_everything_and_survives_a_bad_frame():
     assert dict(collect.seen)[5] == 10.0
     assert result.stats["doubler"].errors["RuntimeError"] == 1
     assert result.ok and len(outputs) == 8
-    assert collect.eos.meta == {"count": 8, "first_seq": 0}
+    # each stage adds what it could not read, so the sink can report it per stage
+    assert collect.eos.meta == {"count": 8, "first_seq": 0, "malformed": {"doubler": 0, "collect": 0}}
 
 
 def test_failing_source_still_ends_the_stream_with_the_reason():

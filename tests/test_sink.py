@@ -114,14 +114,14 @@ def test_no_temp_files_left(tmp_path, background):
 def test_gaps_from_holes_and_eos_count(tmp_path):
     present = [s for s in range(1, 10) if s not in (3, 7)]  # 0, 3, 7 lost; 10, 11 never arrive
     report = run(Sink(SinkConfig(tmp_path, preview=False, video=False)), [hdr(s, scene(s)) for s in present], end=12, count=12)
-    assert report["gaps"] == [0, 3, 7, 10, 11]
+    assert report["gaps"] == [[0, 0], [3, 3], [7, 7], [10, 11]] and report["gap_count"] == 5
     assert report["expected"] == {"first_seq": 0, "end_seq": 12}
     assert report["frames_out"] == len(present)
 
 
 def test_gaps_without_eos_are_holes_between_seen_seqs(tmp_path):
     report = run(Sink(SinkConfig(tmp_path, preview=False, video=False)), [hdr(s, scene(s)) for s in (5, 6, 9)])
-    assert report["gaps"] == [7, 8] and report["expected"] is None
+    assert report["gaps"] == [[7, 8]] and report["expected"] is None
 
 
 def test_reorder_window_declares_gap_then_accepts_late_frame(tmp_path):
@@ -129,7 +129,7 @@ def test_reorder_window_declares_gap_then_accepts_late_frame(tmp_path):
     for s in (0, 2, 3, 4):  # seq 1 missing; the window overflows at seq 4
         sink.process(hdr(s, scene(s)))
     assert (tmp_path / "000004.exr").is_file()  # moved on without seq 1
-    assert sink.report()["gaps"] == [1]
+    assert sink.report()["gaps"] == [[1, 1]]
     sink.process(hdr(1, scene(1)))  # turns up late: still written, no longer a gap
     report = run(sink, [], end=5)
     assert (tmp_path / "000001.exr").is_file()
@@ -192,7 +192,7 @@ def test_messages_after_finish_are_dropped(tmp_path):
 
 def test_eos_with_no_frames_reports_everything_missing(tmp_path):
     report = run(Sink(SinkConfig(tmp_path)), [], end=3, count=3)
-    assert report["gaps"] == [0, 1, 2] and report["frames_out"] == 0
+    assert report["gaps"] == [[0, 2]] and report["frames_out"] == 0
     assert (tmp_path / "contact_sheet.png").is_file()
 
 
@@ -354,10 +354,10 @@ def test_reorderer_releases_in_order_and_tracks_gaps():
     assert [x.seq for x in r.push(1, "b")] == [1, 2]
     assert r.push(1, "b") is None and r.duplicates == 1
     assert [x.seq for x in r.push(5, "f")] == [] and [x.seq for x in r.push(6, "g")] == []
-    assert [x.seq for x in r.push(7, "h")] == [5, 6, 7] and r.gaps == [3, 4]
+    assert [x.seq for x in r.push(7, "h")] == [5, 6, 7] and list(r.gaps) == [3, 4]
     late = r.push(4, "e")
-    assert late is not None and late[0].late and r.gaps == [3]
-    assert [x.seq for x in r.flush(end=10, start=0)] == [] and r.gaps == [3, 8, 9]
+    assert late is not None and late[0].late and list(r.gaps) == [3]
+    assert [x.seq for x in r.flush(end=10, start=0)] == [] and list(r.gaps) == [3, 8, 9]
 
 
 def test_stream_not_starting_at_zero_has_no_false_gaps(tmp_path):
@@ -373,4 +373,4 @@ def test_reorderer_waits_for_first_seq_then_window():
     assert [x.seq for x in r.push(0, 0)] == [0] and r.late == 1  # before the start: late, not a dup
     assert r.push(0, 0) is None
     r.flush(end=4, start=0)
-    assert r.gaps == []
+    assert not r.gaps

@@ -120,7 +120,8 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
 
     Args:
         stage: "coarse" (``out`` needs "coarse"), "refine" or "e2e" (need "hdr", "mask",
-            and for e2e "coarse"), "gate" (needs "hdr", the gated final HDR).
+            and for e2e "coarse"), "gate" (needs "hdr", the gated final HDR). With a gate
+            ("gate" in ``out``) the final HDR's L1 counts every pixel.
         out: network outputs. batch: a batch with "gt" (B, 3, 3, H, W) and "gt_ref".
         lcfg: :class:`training.config.LossConfig`.
     """
@@ -130,7 +131,10 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], batch["gt"])
     if stage in ("refine", "e2e"):
-        terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
+        if "gate" in out:  # the gate blends everywhere, so M = 1 pixels count too
+            terms["refine"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
+        else:
+            terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
             terms["perceptual"] = lcfg.perceptual_weight * perceptual(
                 out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
