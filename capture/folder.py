@@ -20,6 +20,7 @@ without it they are yielded as fast as they are read (offline reconstruction).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -35,6 +36,7 @@ from capture.seqfolder import EXPOSURES, HEADERS
 from hdrstream.frame import Frame
 from hdrstream.pixfmt import PixelFormat, UnknownPixelFormat, check_layout, pixel_format
 
+log = logging.getLogger(__name__)
 IMG_LIST = "img_list.txt"
 STOPS = "Exposures.txt"
 GT_DIR = "gt"
@@ -242,6 +244,9 @@ class FolderCamera:
             )
         self.stream = stream or self.path.name or "folder"
         self._closed = False
+        # frames that could not be read, in order: {"seq", "file", "reason"}; they are skipped
+        # (the stream goes on) and travel in the end of stream, so the report names them
+        self.unreadable: list[dict[str, Any]] = []
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -295,15 +300,20 @@ class FolderCamera:
                 wait = start + i / self.fps - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            data, fmt = _read(e)
-            if first is None:
-                first = (data.shape, data.dtype)
-            elif (data.shape, data.dtype) != first:
-                raise FolderError(
-                    f"{e.path}: image is {data.shape} {data.dtype.name}, but the first frame is "
-                    f"{first[0]} {first[1].name}; all frames of a sequence must match"
-                )
             seq = e.seq if e.seq is not None else i
+            try:
+                data, fmt = _read(e)
+                if first is None:
+                    first = (data.shape, data.dtype)
+                elif (data.shape, data.dtype) != first:
+                    raise FolderError(
+                        f"{e.path}: image is {data.shape} {data.dtype.name}, but the first frame is "
+                        f"{first[0]} {first[1].name}; all frames of a sequence must match"
+                    )
+            except (FolderError, OSError, ValueError) as exc:  # one bad file costs one frame
+                self.unreadable.append({"seq": seq, "file": e.path.name, "reason": str(exc)[-300:]})
+                log.error("folder: frame %d (%s) skipped: %s", seq, e.path.name, exc)
+                continue
             t_ns = e.t_ns if e.t_ns is not None else int(round(i * 1e9 / self.fps))
             yield Frame(
                 kind="frame",

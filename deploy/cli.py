@@ -69,6 +69,10 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
         print(f"error: {name}: {why}", file=sys.stderr)
     if result.interrupted:
         print("interrupted: outputs so far are complete files; see report.json", file=sys.stderr)
+    lost = sink.report()["lost"]["total"]
+    if lost and getattr(args, "strict", False):
+        print(f"error: {lost} frame(s) lost (--strict); see report.json", file=sys.stderr)
+        return 1
     return 0 if result.ok else 1
 
 
@@ -223,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("out_dir")
     r.add_argument("--gt", default=None, help="ground-truth EXR folder (default IN_DIR/gt if present)")
     r.add_argument("--frames", type=int, default=None, help="only the first N frames")
+    r.add_argument("--strict", action="store_true",
+                   help="exit 1 if any frame is lost (an unreadable file is otherwise skipped, named in "
+                        "report.json and the summary, and the rest is still written)")
     _add_pipeline_args(r, compare_default="")
     r.set_defaults(func=cmd_reconstruct)
 

@@ -225,6 +225,9 @@ _META_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "first_seq": (_is_int, "a seq"),
     "failed": (_is_seq_list, "a list of seqs"),
     "error": (lambda v: isinstance(v, str), "a string"),
+    "unreadable": (lambda v: isinstance(v, list) and len(v) <= MAX_SEQ_LIST and all(
+        isinstance(u, dict) and _is_int(u.get("seq")) and isinstance(u.get("file"), str)
+        and isinstance(u.get("reason"), str) for u in v), "a list of {seq, file, reason}"),
     "malformed": (lambda v: isinstance(v, dict) and len(v) <= 64
                   and all(isinstance(k, str) and _is_int(n) for k, n in v.items()), "a map of stage -> count"),
 }

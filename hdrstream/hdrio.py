@@ -15,14 +15,29 @@ import numpy as np
 import OpenEXR
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+# read once, at import (single-threaded): os.umask is process-wide and racy to poke later
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> Path:
-    """Call ``write(tmp_path)`` then rename the temp file onto ``path``."""
+    """Call ``write(tmp_path)`` then rename the temp file onto ``path``.
+
+    The file gets the mode a plain ``open`` would give (0644 under the usual umask 022), not
+    mkstemp's private 0600, so another user or a container reading a shared volume can read it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=suffix or path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

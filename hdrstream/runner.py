@@ -18,7 +18,8 @@ from hdrstream.stage import Source, Stage
 from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
-EOS_TIMEOUT_S = 30.0  # how long a finished loop waits for downstream to take its eos
+EOS_TIMEOUT_S = 30.0
+MAX_NAMED = 10_000  # unreadable frames named one by one in an eos; the count covers the rest  # how long a finished loop waits for downstream to take its eos
 
 
 @dataclass
@@ -93,6 +94,12 @@ def run_source(
     finally:
         source.close()
     meta = {"count": stats.sent, "first_seq": first_seq if first_seq is not None else next_seq}
+    unreadable = getattr(source, "unreadable", None)  # frames a folder could not read: skipped, named
+    if unreadable:
+        meta["unreadable"] = unreadable[:MAX_NAMED]
+        if first_seq is None or unreadable[0]["seq"] < first_seq:
+            meta["first_seq"] = min(unreadable[0]["seq"], meta["first_seq"])
+        next_seq = max(next_seq, unreadable[-1]["seq"] + 1)
     if stats.failure:
         meta["error"] = stats.failure
     if not sender.send(eos(stream, next_seq, **meta), timeout_s=EOS_TIMEOUT_S):

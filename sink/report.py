@@ -162,6 +162,10 @@ def summary_text(report: dict[str, Any]) -> str:
         f"gaps: {report['gap_count']}{' (' + shown + ')' if gaps else ''}; duplicates: {report['duplicates']}; "
         f"dropped: {dropped}{' ' + str(report['dropped']['by_reason']) if dropped else ''}"
     )
+    unreadable = report.get("unreadable_frames") or []
+    if unreadable:
+        names = ", ".join(str(u["file"]) for u in unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
+        lines.append(f"unreadable frames skipped: {len(unreadable)} ({names}); see report.json")
     for name, m in report["methods"].items():
         q = m.get("quality")
         main = " (main)" if name == report["main_method"] else ""

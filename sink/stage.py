@@ -134,6 +134,7 @@ class Sink:
         self._failed = SeqRanges()  # seqs no inference worker could produce (eos "failed")
         self._max_seq: int | None = None  # highest seq of any hdr frame: judges an eos's plausibility
         self._upstream_malformed: dict[str, int] = {}  # per stage, carried by the eos
+        self._unreadable: list[dict[str, Any]] = []  # frames the source could not read (eos)
         self._latency = Stats()  # ms from the camera handing a frame over to its HDR frame here
         self.frames_in = 0
         self.repaired = 0  # frames with non-finite values that were repaired
@@ -234,7 +235,8 @@ class Sink:
             "lost": self._lost(main),
             "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
             "stream_error": self._stream_error,
-            "failed_seqs": self._failed.ranges(),  # also in gaps: given up after worker failures (see the dispatcher)
+            "failed_seqs": self._failed.ranges(),
+            "unreadable_frames": self._unreadable,  # also in gaps: {seq, file, reason} from the source  # also in gaps: given up after worker failures (see the dispatcher)
             "malformed": {**self._upstream_malformed, **({"sink": dropped.get("malformed", 0)}
                                                          if "sink" not in self._upstream_malformed else {})},
             "latency_ms": self._latency.summary(),  # capture hand-over -> HDR frame at the sink
@@ -260,8 +262,10 @@ class Sink:
             return {"total": 0}
         gaps = main.reorder.gaps
         failed = gaps.overlap(self._failed)
+        unreadable = gaps.overlap(SeqRanges(u["seq"] for u in self._unreadable))
         rest = "source_stopped" if self._stream_error else "never_arrived"
-        return {"total": len(gaps), "worker_failed": failed, rest: len(gaps) - failed}
+        return {"total": len(gaps), "worker_failed": failed, "unreadable": unreadable,
+                rest: len(gaps) - failed - unreadable}
 
     def summary(self) -> str:
         """A few human-readable lines: frames, gaps, mean quality per method, where files are."""
@@ -334,6 +338,11 @@ class Sink:
             self._eos_start = first
         elif count is not None:
             self._eos_start = max(0, self._eos_end - count)
+        unreadable = frame.meta.get("unreadable")
+        if isinstance(unreadable, list):
+            self._unreadable = unreadable
+            log.error("sink: %d frame(s) could not be read by the source: %s", len(unreadable),
+                      ", ".join(str(u.get("file")) for u in unreadable[:10]))
         malformed = frame.meta.get("malformed")
         if isinstance(malformed, dict):
             self._upstream_malformed.update({str(k): int(v) for k, v in malformed.items()

@@ -105,15 +105,18 @@ def test_stages_as_separate_services_over_tcp(tmp_path):
     assert exrs(out) == [f"{i:06d}" for i in range(6)], logs
 
 
-def test_a_corrupt_frame_mid_stream_ends_it_cleanly_and_says_why(tmp_path, capsys):
+def test_a_truncated_frame_in_a_folder_of_12_is_skipped_named_and_the_rest_written(tmp_path, capsys):
     seq = tmp_path / "seq"
-    assert main(["simulate", str(seq), *TINY, "--frames", "8", "--pixel-format", "RGB8"]) == 0
+    assert main(["simulate", str(seq), *TINY, "--frames", "12", "--pixel-format", "RGB8"]) == 0
     bad = seq / "frames" / "000005.png"
     bad.write_bytes(bad.read_bytes()[:100])  # truncated, as a crashed recorder leaves it
     out = tmp_path / "out"
-    assert main(["reconstruct", str(seq), str(out), "--no-preview"]) == 1
-    assert exrs(out) == [f"{i:06d}" for i in range(5)]  # everything before the bad frame, complete
+    assert main(["reconstruct", str(seq), str(out), "--no-preview"]) == 0  # lenient by default
+    assert exrs(out) == [f"{i:06d}" for i in range(12) if i != 5]  # 11 written
     report = json.loads((out / "report.json").read_text())
-    assert "000005.png" in report["stream_error"]
-    assert "000005.png" in capsys.readouterr().err
+    assert report["gaps"] == [[5, 5]] and report["lost"]["unreadable"] == 1 and report["lost"]["total"] == 1
+    assert [(u["seq"], u["file"]) for u in report["unreadable_frames"]] == [(5, "000005.png")]
+    assert "000005.png" in capsys.readouterr().out  # the summary names it
     assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
+    # --strict: the same folder is a failure
+    assert main(["reconstruct", str(seq), str(tmp_path / "strict"), "--no-preview", "--strict"]) == 1

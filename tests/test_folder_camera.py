@@ -90,10 +90,9 @@ def test_mixed_bit_depths_rejected_while_reading(tmp_path):
     with SequenceWriter(tmp_path) as w:
         w.write(frame(0, rgb8(0), "RGB8", 0.002, stem="a"))
         w.write(frame(1, np.zeros((12, 16, 3), np.uint16), "RGB16", 0.002, stem="b"))
-    frames = FolderCamera(tmp_path).frames()
-    next(frames)
-    with pytest.raises(FolderError, match=r"b\.png.*uint16.*first frame"):
-        next(frames)
+    cam = FolderCamera(tmp_path)
+    assert [f.stem for f in cam.frames()] == ["a"]
+    assert cam.unreadable[0]["file"] == "b.png" and "uint16" in cam.unreadable[0]["reason"]
 
 
 def test_formats_inferred_without_frames_jsonl(tmp_path):
@@ -241,27 +240,28 @@ def test_bad_frames_jsonl(tmp_path):
         FolderCamera(tmp_path)
 
 
-def test_mismatched_image_size(tmp_path):
-    write_sequence(tmp_path, rgb8, "RGB8", n=3)
+def test_mismatched_image_size_is_skipped_and_named(tmp_path):
+    write_sequence(tmp_path, rgb8, "RGB8", n=4)
     cv2.imwrite(str(tmp_path / "frames" / "000002.png"), rgb8(2, 14, 16))
     cam = FolderCamera(tmp_path)  # sizes are only known once read
-    frames = cam.frames()
-    next(frames), next(frames)
-    with pytest.raises(FolderError, match=r"000002\.png.*first frame"):
-        next(frames)
+    assert [f.seq for f in cam.frames()] == [0, 1, 3]
+    assert [(u["seq"], u["file"]) for u in cam.unreadable] == [(2, "000002.png")]
+    assert "first frame" in cam.unreadable[0]["reason"]
 
 
-def test_corrupt_png(tmp_path):
+def test_corrupt_png_is_skipped_and_the_rest_still_comes(tmp_path):
     write_sequence(tmp_path, rgb8, "RGB8", n=3)
     path = tmp_path / "frames" / "000001.png"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(FolderError, match=r"000001\.png.*cannot decode"):
-        list(FolderCamera(tmp_path).frames())
+    cam = FolderCamera(tmp_path)
+    assert [f.seq for f in cam.frames()] == [0, 2]
+    assert cam.unreadable[0]["file"] == "000001.png" and "cannot decode" in cam.unreadable[0]["reason"]
 
 
 def test_values_beyond_declared_bit_depth(tmp_path):
     write_sequence(tmp_path, bayer12, "BayerRG12", n=2)
     cv2.imwrite(str(tmp_path / "frames" / "000001.png"), np.full((12, 16), 5000, np.uint16))
-    with pytest.raises(FolderError, match=r"000001\.png.*exceed BayerRG12"):
-        list(FolderCamera(tmp_path).frames())
+    cam = FolderCamera(tmp_path)
+    assert [f.seq for f in cam.frames()] == [0]
+    assert "exceed BayerRG12" in cam.unreadable[0]["reason"]

@@ -1,4 +1,8 @@
 """EXR/HDR file I/O: real round trips, and no partial file when a write fails."""
+import os
+import stat
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -50,3 +54,15 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match=r"needs \(H, W, 3\)"):
         write_exr(tmp_path / "x.exr", np.zeros((4, 4), np.float32))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    """Not mkstemp's private 0600: other users and containers sharing the volume read them."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    exr = write_exr(tmp_path / "a.exr", np.ones((4, 4, 3), np.float32))
+    report = atomic_write(tmp_path / "r.json", lambda tmp: Path(tmp).write_text("{}"))
+    for p in (exr, report):
+        assert stat.S_IMODE(p.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~mask
