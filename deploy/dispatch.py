@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import msgpack
+import numpy as np
 import zmq
 
 from hdrstream.frame import Frame, ProtocolError, decode, encode
@@ -38,6 +39,7 @@ from hdrstream.transport import FLUSH_S, Sender, context, parse_endpoint
 log = logging.getLogger(__name__)
 
 READY, HB, DONE, BYE, WORK = b"READY", b"HB", b"DONE", b"BYE", b"WORK"
+ABANDON_EOS_S = 5.0  # when stopped mid-stream: how long the sink gets to take the final eos
 MAX_SLOTS = 64  # chunks one worker may hold; more is a malformed READY, not a reason to hoard
 MAX_WORKER_NAME = 256
 
@@ -86,7 +88,9 @@ class DispatchConfig:
     chunk_timeout_s: float = 300.0  # a chunk not done in this long: its worker is stalled
     retries: int = 2  # dispatches of a chunk beyond the first before its seqs are given up
     queue_chunks: int = 8  # chunks waiting for a worker before preprocess is held back
-    no_worker_timeout_s: float = 0.0  # give up the rest when no worker is there this long (0: wait)
+    # with work waiting and no worker for this long, the waiting seqs are given up (reported
+    # lost, so the run ends instead of hanging); 0 waits for ever
+    no_worker_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.chunk < 1 or self.prefetch < 0 or self.retries < 0 or self.queue_chunks < 1:
@@ -172,6 +176,7 @@ class Dispatcher:
         self._eos: Frame | None = None
         self._windows = 0
         self._first_seq: int | None = None
+        self._last_seq, self._stream = -1, ""  # of the windows taken: to end a stream cut short
         self._no_worker_since: float | None = None
         self.sent = 0
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
@@ -204,7 +209,7 @@ class Dispatcher:
         if flush_s > 0 and self.sent:
             self._done.wait(flush_s)
         self._stop.set()
-        self._thread.join(timeout=5.0)
+        self._thread.join(timeout=ABANDON_EOS_S + FLUSH_S + 5.0)
 
     @property
     def workers(self) -> int:
@@ -224,6 +229,8 @@ class Dispatcher:
                     self._finish(sink)
                     return
                 self._gauges()
+            if self._windows or self._eos is not None or not self._inbox.empty():
+                self._abandon(sink)  # stopped mid-stream: what is unfinished is reported, not lost silently
         except Exception as exc:  # a dead dispatcher must take its process with it, loudly
             self.failure = f"dispatcher thread died: {type(exc).__name__}: {exc}"
             log.exception("dispatcher failed")
@@ -292,6 +299,7 @@ class Dispatcher:
                 self._cut_chunk()
                 return
             self._windows += 1
+            self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
             if self._first_seq is None:
                 self._first_seq = frame.seq
             self._current.append(frame)
@@ -368,10 +376,39 @@ class Dispatcher:
         log.error("dispatcher: seqs %s given up: %s", chunk.seqs, why)
         self._count_drop("worker_failed", len(chunk.seqs))
 
+    def _abandon(self, sink: Sender) -> None:
+        """Stopped before the stream was done: give up every window not yet done, and end the
+        stream at the sink with them named, so its report accounts for every seq."""
+        while True:  # windows preprocess handed over but not yet cut into chunks
+            try:
+                frame = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if frame.kind == "eos":
+                self._eos = self._eos or frame
+            else:
+                self._windows += 1
+                self._first_seq = frame.seq if self._first_seq is None else self._first_seq
+                self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
+                self._current.append(frame)
+        self._cut_chunk()
+        unfinished = [c for w in self._workers.values() for c in w.chunks.values()] + list(self._pending)
+        self._pending.clear()
+        for w in self._workers.values():
+            w.chunks.clear()
+        for chunk in sorted(unfinished, key=lambda c: c.id):
+            self._give_up(chunk, "the dispatcher was stopped before a worker finished it")
+        if self._eos is None:  # upstream never ended the stream: end it here
+            last = max([*self.stats.failed_seqs, (self._first_seq or 0) - 1, self._last_seq])
+            self._eos = Frame(kind="eos", stream=self._stream or "dispatch", seq=last + 1, t_ns=0, exposure_s=0.0,
+                              gain_db=0.0, pixel_format="none", data=np.zeros(0, np.uint8),
+                              meta={"error": "stopped before the end of the stream"})
+        self._finish(sink, timeout_s=ABANDON_EOS_S)
+
     def _in_flight(self) -> int:
         return sum(len(w.chunks) for w in self._workers.values())
 
-    def _finish(self, sink: Sender) -> None:
+    def _finish(self, sink: Sender, timeout_s: float = 30.0) -> None:
         assert self._eos is not None
         meta = dict(self._eos.meta)
         meta["count"] = self._windows
@@ -383,8 +420,8 @@ class Dispatcher:
         eos = Frame(kind="eos", stream=self._eos.stream, seq=self._eos.seq, t_ns=self._eos.t_ns,
                     exposure_s=0.0, gain_db=0.0, pixel_format=self._eos.pixel_format, data=self._eos.data,
                     meta=meta)
-        if not sink.send(eos, timeout_s=30.0):
-            log.error("dispatcher: the sink did not take the end of stream within 30 s")
+        if not sink.send(eos, timeout_s=timeout_s):
+            log.error("dispatcher: the sink did not take the end of stream within %.0f s", timeout_s)
         log.info("dispatcher: stream done: %d window(s), %d chunk(s), %d re-dispatched, %d seq(s) given up",
                  self._windows, self.stats.chunks_done, self.stats.redispatched, len(self.stats.failed_seqs))
         self._done.set()

@@ -176,6 +176,10 @@ def serve_sink(sink, inp: str, grace_s: float = 10.0, metrics_port: int = 0, met
         done.set()
         _sink_gauges(sink, metrics, receiver, None)
     print(sink.summary())
+    lost = sink.report()["lost"]
+    if lost["total"]:  # a run that lost frames must not look like a clean one
+        print(f"sink: {lost['total']} frame(s) lost: {lost}", file=sys.stderr)
+        rc = rc or 1
     return finished(rc, server)
 
 
@@ -188,7 +192,7 @@ def _sink_gauges(sink, metrics, receiver, done: threading.Event | None) -> None:
     while True:
         try:
             r = sink.report()
-            gaps.set(len(r["gaps"]))
+            gaps.set(r["gap_count"])
             dup.set(r["duplicates"])
             written.set(r["frames_out"])
             owed.set(len(receiver.owed()))

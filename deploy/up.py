@@ -2,9 +2,13 @@
 
 Starts the sink, N inference workers, preprocess and capture (downstream first, so nothing
 is sent before someone listens), waits for the stream to end at the sink, then sends the
-idle workers SIGTERM. A worker that dies is reported and its work moves to the others (the
-dispatcher's job); the run's exit code is that of capture, preprocess and sink. Ctrl-C
-drains: capture ends the stream and everything downstream flushes; again stops everything.
+idle workers SIGTERM. A worker that dies is reported, its work moves to the others (the
+dispatcher's job) and it is started again after a back-off (a bounded number of times); if
+no worker comes back, the dispatcher gives the waiting frames up after its
+``no_worker_timeout_s`` and the run ends with them reported lost. The run's exit code is that
+of capture, preprocess and sink (the sink's is non-zero when frames were lost). Ctrl-C
+drains: capture ends the stream and everything downstream flushes; again stops everything,
+and what was unfinished is still reported.
 """
 from __future__ import annotations
 
@@ -14,17 +18,27 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
 WORKER_STOP_S = 30.0  # how long idle workers get to exit after SIGTERM
+RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # a dead worker's restarts, then it stays down
 
 
 @dataclass
 class Proc:
     name: str
     popen: subprocess.Popen
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    restarts: int = 0
+    restart_at: float | None = None  # when a dead worker is due to start again
+
+    def restart(self) -> None:
+        self.popen = subprocess.Popen(self.argv, env=self.env)
+        self.restarts += 1
+        self.restart_at = None
 
     @property
     def rc(self) -> int | None:
@@ -54,8 +68,9 @@ def start(config: str, workers: int | None = None, env: dict[str, str] | None = 
     procs: list[Proc] = []
 
     def spawn(name: str, *args: str, extra: dict[str, str] | None = None) -> None:
-        popen = subprocess.Popen([*base, *args, "--config", str(config)], env={**env, **(extra or {})})
-        procs.append(Proc(name, popen))
+        argv, penv = [*base, *args, "--config", str(config)], {**env, **(extra or {})}
+        popen = subprocess.Popen(argv, env=penv)
+        procs.append(Proc(name, popen, argv, penv))
         log.info("started %s (pid %d)", name, popen.pid)
 
     spawn("sink", "sink")
@@ -65,7 +80,30 @@ def start(config: str, workers: int | None = None, env: dict[str, str] | None = 
               extra={"HDRSTREAM_GRAPH_INFER_METRICS_PORT": str(port + i if port else 0)})
     spawn("preprocess", "preprocess")
     spawn("capture", "capture")
+    _say_where(dep, n)
     return procs
+
+
+def _say_where(dep, workers: int) -> None:
+    """Where a person looks while it runs: the preview, the metrics, the output folder."""
+    g, sink = dep.graph, dep.sink
+
+    def url(host: str, port: int, path: str = "/") -> str:
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}{path}"
+
+    lines = [f"up: {workers} inference worker(s); output in {sink.out_dir}"]
+    if sink.web_port:
+        lines.append(f"up: live preview at {url(sink.web_host, sink.web_port)}")
+    ports = [(name, port) for name, port in (("capture", g.capture_metrics_port),
+                                             ("preprocess", g.preprocess_metrics_port),
+                                             ("sink", g.sink_metrics_port)) if port]
+    if g.infer_metrics_port:
+        ports.append((f"infer-0..{workers - 1}", g.infer_metrics_port))
+    if ports:
+        lines.append("up: metrics at " + ", ".join(f"{name} {url(g.metrics_host, port, '/metrics')}"
+                                                   for name, port in ports)
+                     + (f" (+1 per worker)" if g.infer_metrics_port and workers > 1 else ""))
+    print("\n".join(lines), file=sys.stderr, flush=True)
 
 
 def run(config: str, workers: int | None = None, env: dict[str, str] | None = None, verbose: int = 0) -> int:
@@ -73,7 +111,7 @@ def run(config: str, workers: int | None = None, env: dict[str, str] | None = No
     by_name = {p.name: p for p in procs}
     core = [by_name["capture"], by_name["preprocess"], by_name["sink"]]
     interrupts = 0
-    reported: set[str] = set()
+    reported: set[int] = set()  # pids whose exit was reported
     try:
         while any(p.rc is None for p in core):
             try:
@@ -88,13 +126,16 @@ def run(config: str, workers: int | None = None, env: dict[str, str] | None = No
                     for p in procs:
                         _signal(p, signal.SIGTERM if interrupts == 2 else signal.SIGKILL)
             for p in procs:
-                if p.rc is not None and p.name not in reported:
-                    reported.add(p.name)
+                if p.rc is not None and p.popen.pid not in reported:
+                    reported.add(p.popen.pid)
                     level = logging.INFO if p.rc == 0 else logging.ERROR
                     log.log(level, "%s: %s", p.name, _describe(p.rc))
                     if p.name.startswith("infer") and p.rc != 0:
-                        print(f"up: {p.name} {_describe(p.rc)}; its work goes to the other workers",
-                              file=sys.stderr)
+                        _schedule_restart(p, draining=interrupts > 0)
+                if p.restart_at is not None and time.monotonic() >= p.restart_at and interrupts == 0:
+                    p.restart()
+                    print(f"up: {p.name} restarted ({p.restarts}/{len(RESTART_BACKOFF_S)}, pid {p.popen.pid})",
+                          file=sys.stderr)
             if by_name["sink"].rc is not None and any(p.rc is None for p in core):
                 print("up: the sink has exited; stopping the rest", file=sys.stderr)
                 for p in core:
@@ -113,6 +154,19 @@ def run(config: str, workers: int | None = None, env: dict[str, str] | None = No
                 p.popen.wait()
     print("up: " + ", ".join(f"{p.name} {_describe(p.rc)}" for p in procs))
     return 0 if all(p.rc == 0 for p in core) else 1
+
+
+def _schedule_restart(p: Proc, draining: bool) -> None:
+    if draining:
+        print(f"up: {p.name} {_describe(p.rc)} while draining; not restarted", file=sys.stderr)
+    elif p.restarts < len(RESTART_BACKOFF_S):
+        wait = RESTART_BACKOFF_S[p.restarts]
+        p.restart_at = time.monotonic() + wait
+        print(f"up: {p.name} {_describe(p.rc)}; its work goes to the other workers; restarting it in "
+              f"{wait:.0f} s", file=sys.stderr)
+    else:
+        print(f"up: {p.name} {_describe(p.rc)} after {p.restarts} restarts; not restarted again (with no "
+              f"worker left, the dispatcher reports the waiting frames lost)", file=sys.stderr)
 
 
 def _signal(p: Proc, sig: int) -> None:

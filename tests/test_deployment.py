@@ -183,3 +183,34 @@ def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
     # the survivor did the rest: the chunks in the dead worker's hands were dealt again
     assert gaps == [] and report["failed_seqs"] == [], log
     assert "malformed" in log
+
+
+def test_up_restarts_the_only_worker_when_it_is_killed(tmp_path):
+    frames = 60
+    config, out, ports = write_config(tmp_path, frames, workers=1, realtime=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while len(exr_stems(out)) < 4 and time.monotonic() < deadline and up.poll() is None:
+            time.sleep(0.05)
+        assert up.poll() is None, "the stream ended before the fault could be injected"
+        workers = subprocess.run(["pgrep", "-f", f"serve infer --worker-index 0 --config {config}"],
+                                 capture_output=True, text=True).stdout.split()
+        assert len(workers) == 1, workers
+        os.kill(int(workers[0]), signal.SIGKILL)
+        rc = up.wait(timeout=120)  # ends by itself: no Ctrl-C
+        reader.join(10)
+        log = "".join(lines)
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+    assert "infer-0 restarted (1/5" in log, log
+    assert "live preview" not in log and "up: metrics at" in log  # where to look, said at the start
+    report = json.loads((out / "report.json").read_text())
+    assert rc == 0 and report["gaps"] == [] and report["frames_out"] == frames, log

@@ -202,3 +202,36 @@ def test_eos_hold_gives_up_waiting_after_the_grace_period():
     finally:
         tx.close()
         rx.close()
+
+
+def test_a_dispatcher_stopped_mid_stream_reports_every_unfinished_window():
+    """No worker ever came and preprocess is stopped (Ctrl-C): nothing may vanish silently."""
+    cfg = DispatchConfig(**FAST)
+    rx = Receiver("@tcp://127.0.0.1:*", bind=True)
+    d = Dispatcher("@tcp://127.0.0.1:*", ">" + rx.endpoint, cfg)
+    try:
+        for s in range(5):
+            assert d.send(window(s), timeout_s=5)
+        time.sleep(0.2)
+        d.close()
+        seqs, end = collect(rx, n_timeout=10)
+        assert seqs == [] and end is not None
+        assert end.seq == 5 and end.meta["failed"] == [0, 1, 2, 3, 4] and "stopped" in end.meta["error"]
+        assert end.meta["count"] == 5 and end.meta["first_seq"] == 0
+    finally:
+        rx.close()
+
+
+def test_with_no_worker_for_too_long_the_waiting_windows_are_given_up_and_the_stream_ends():
+    cfg = DispatchConfig(**{**FAST, "no_worker_timeout_s": 0.5})
+    rx = Receiver("@tcp://127.0.0.1:*", bind=True)
+    d = Dispatcher("@tcp://127.0.0.1:*", ">" + rx.endpoint, cfg)
+    try:
+        for s in range(3):
+            assert d.send(window(s), timeout_s=5)
+        assert d.send(eos("t", 3, count=3, first_seq=0), timeout_s=5)
+        seqs, end = collect(rx, n_timeout=10)
+        assert end is not None and end.meta["failed"] == [0, 1, 2] and d.wait(1.0)
+    finally:
+        d.close()
+        rx.close()

@@ -119,6 +119,22 @@ def test_gaps_from_holes_and_eos_count(tmp_path):
     assert report["frames_out"] == len(present)
 
 
+def test_a_forged_far_ahead_eos_is_rejected_and_counted(tmp_path):
+    """Believing it would list two million gaps (and a larger seq would exhaust memory)."""
+    report = run(Sink(SinkConfig(tmp_path, preview=False, video=False)), [hdr(s, scene(s)) for s in range(4)],
+                 end=2_000_000, count=2_000_000)
+    assert report["dropped"]["by_reason"] == {"implausible_eos": 1}
+    assert report["gaps"] == [] and report["expected"] is None and report["frames_out"] == 4
+    assert (tmp_path / "report.json").stat().st_size < 20_000
+
+
+def test_a_frame_far_ahead_costs_one_range_not_memory(tmp_path):
+    report = run(Sink(SinkConfig(tmp_path, preview=False, video=False, reorder_window=2)),
+                 [hdr(s, scene(s)) for s in (0, 1, 2**50, 2)])
+    assert report["gaps"] == [[3, 2**50 - 1]] and report["gap_count"] == 2**50 - 3
+    assert report["frames_out"] == 4
+
+
 def test_gaps_without_eos_are_holes_between_seen_seqs(tmp_path):
     report = run(Sink(SinkConfig(tmp_path, preview=False, video=False)), [hdr(s, scene(s)) for s in (5, 6, 9)])
     assert report["gaps"] == [[7, 8]] and report["expected"] is None
