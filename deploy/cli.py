@@ -86,7 +86,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"demo: simulated {cfg.exposures}-exposure {cfg.pixel_format} camera, {cfg.width}x{cfg.height}, "
           f"{cfg.frames} frames, exposures {[f'{t * 1e3:.3g} ms' for t in camera.exposure_cycle]}")
     rc = _run_pipeline(camera, args, out, gt_dir, cfg.frames)
-    print(f"\nlook at: {out / 'contact_sheet.png'}  {out / 'preview.mp4'}  {out / 'preview'}/*.png")
+    video = next((str(p) for p in (out / "preview.mp4", out / "preview.webm") if p.is_file()), "")
+    print(f"\nlook at: {out / 'contact_sheet.png'}  {video}  {out / 'preview'}/*.png")
     print(f"HDR frames: {out}/*.exr (linear, half float)   report: {out / 'report.json'}")
     return rc
 

@@ -299,6 +299,8 @@ class Dispatcher:
                 self._cut_chunk()
                 return
             self._windows += 1
+            if self.metrics is not None:
+                self.metrics.frames.inc()
             self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
             if self._first_seq is None:
                 self._first_seq = frame.seq
@@ -338,6 +340,8 @@ class Dispatcher:
         w.served = chunk.sent_at
         w.chunks[chunk.id] = chunk
         self.stats.chunks_sent += 1
+        if self.metrics is not None:
+            self.metrics.sent.inc(len(chunk.frames))
         return True
 
     def _check_workers(self) -> None:

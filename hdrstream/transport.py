@@ -184,6 +184,9 @@ class Sender:
     # -- drop-oldest ------------------------------------------------------------------------
 
     def _enqueue(self, frame: Frame, parts: list) -> bool:
+        if self._thread is not None and not self._thread.is_alive() and not self._closing:
+            # a dead sender thread would turn every later frame into a "queue_full" drop: fail loudly
+            raise RuntimeError(f"{self.endpoint}: the sender thread died; {self.queued} frame(s) stuck in its queue")
         with self._cond:
             if self._closing:
                 return False

@@ -1,7 +1,7 @@
-"""Previews a person can look at: per-frame PNGs, an MP4 and a contact sheet.
+"""Previews a person can look at: per-frame PNGs, a video a browser plays and a contact sheet.
 
-The MP4 is written under a hidden temp name and renamed at close, like every other
-output, so a half-written video never sits at ``OUT/preview.mp4``. The contact sheet
+The video is written under a hidden temp name and renamed at close, like every other
+output, so a half-written video never sits at ``OUT/preview.webm``. The contact sheet
 keeps a bounded, evenly spaced set of thumbnails (stride doubling), so a run of any
 length costs at most ``2 · max_frames`` small images of memory.
 """
@@ -21,32 +21,56 @@ from hdrstream import hdrio
 log = logging.getLogger(__name__)
 
 
+# (fourcc, suffix) in order of preference; each must be a format browsers play. H.264 in MP4
+# when OpenCV's FFmpeg has an H.264 encoder (the PyPI wheels do not); else VP8 in WebM, which
+# Chrome, Firefox, Edge and Safari (14.1+) play. Not VP9: OpenCV gives no way to set libvpx's
+# speed, and at its default it cost 59 ms a 640x360 frame here against 10 ms for VP8.
+# MPEG-4 Part 2 ('mp4v') is the last resort: VLC plays it, browsers do not.
+CODECS = (("avc1", ".mp4"), ("VP80", ".webm"), ("mp4v", ".mp4"))
+MAX_VIDEO_WIDTH = 960  # a preview: larger frames are scaled down, which bounds its cost per frame
+
+
 class VideoPreview:
-    """MP4 ('mp4v') of 8-bit RGB frames; size fixed by the first frame (even-cropped)."""
+    """A video of 8-bit RGB frames (see CODECS); size fixed by the first frame (even, at most
+    MAX_VIDEO_WIDTH wide). ``path`` is given without suffix; :attr:`path` has it once open."""
 
     def __init__(self, path: str | Path, fps: float = 15.0) -> None:
-        self.path = Path(path)
+        self.base = Path(path).with_suffix("")
+        self.path = self.base.with_suffix(CODECS[0][1])
         self.fps = float(fps)
         self.frames = 0
         self.failed = False
-        self._tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}{self.path.suffix}")
+        self.codec: str | None = None
+        self._tmp = self.path
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None  # (w, h)
+
+    def _open(self, w: int, h: int) -> None:
+        scale = min(1.0, MAX_VIDEO_WIDTH / w)
+        w, h = max(2, int(w * scale)), max(2, int(h * scale))
+        self._size = (w - w % 2, h - h % 2)  # the codecs want even dimensions
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        for fourcc, suffix in CODECS:
+            tmp = self.base.with_name(f".{self.base.name}.{os.getpid()}{suffix}")
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*fourcc), self.fps, self._size)
+            if writer.isOpened():
+                self._writer, self._tmp, self.codec = writer, tmp, fourcc
+                self.path = self.base.with_suffix(suffix)
+                if fourcc == "mp4v":
+                    log.warning("no H.264 or VP8 encoder: %s is MPEG-4 Part 2, which browsers do not play", self.path)
+                return
+            tmp.unlink(missing_ok=True)
+        log.warning("cannot open a video writer for %s (tried %s); skipping the preview video",
+                    self.base, ", ".join(c for c, _ in CODECS))
+        self.failed = True
 
     def write(self, rgb8: np.ndarray) -> None:
         if self.failed:
             return
         if self._writer is None:
-            h, w = rgb8.shape[:2]
-            self._size = (w - w % 2, h - h % 2)  # MPEG-4 wants even dimensions
-            self._tmp.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(self._tmp), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, self._size)
-            if not writer.isOpened():
-                log.warning("cannot open an mp4v video writer for %s; skipping the preview video", self.path)
-                self.failed = True
-                self._tmp.unlink(missing_ok=True)
+            self._open(rgb8.shape[1], rgb8.shape[0])
+            if self._writer is None:
                 return
-            self._writer = writer
         assert self._size is not None
         w, h = self._size
         if rgb8.shape[0] < h or rgb8.shape[1] < w or rgb8.shape[0] > h + 1 or rgb8.shape[1] > w + 1:
@@ -61,6 +85,7 @@ class VideoPreview:
         self._writer.release()
         self._writer = None
         if self.frames and self._tmp.is_file():
+            os.chmod(self._tmp, hdrio.FILE_MODE)
             os.replace(self._tmp, self.path)
             return self.path
         self._tmp.unlink(missing_ok=True)

@@ -122,7 +122,7 @@ class Sink:
         self._main: str | None = cfg.main_method
         self._methods: dict[str, _Method] = {}
         self._writer: ExrWriter | None = None
-        self._video = VideoPreview(self.out_dir / "preview.mp4", cfg.video_fps) if cfg.video else None
+        self._video = VideoPreview(self.out_dir / "preview", cfg.video_fps) if cfg.video else None
         self._video_path: Path | None = None
         self._thumbs = ThumbnailSampler(cfg.contact_sheet_frames)
         self._sheet_path: Path | None = None

@@ -172,6 +172,7 @@ def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
     assert pre.get('hdrstream_dispatch_dropped_frames_total{reason="malformed"}', 0) >= 1, pre
     assert snk.get(malformed, 0) >= 2, snk
     assert pre.get("hdrstream_preprocess_frames_total", 0) > 8 and snk.get("hdrstream_sink_frames_total", 0) > 8
+    assert pre.get("hdrstream_dispatch_frames_total", 0) > 8 and pre.get("hdrstream_dispatch_sent_total", 0) > 8, pre
     report = json.loads((out / "report.json").read_text())
     written = exr_stems(out)
     gaps = [s for first, last in report["gaps"] for s in range(first, last + 1)]

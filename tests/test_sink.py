@@ -289,8 +289,10 @@ def test_previews_video_and_contact_sheet(tmp_path, background):
     assert png.shape == (40, 64, 3) and png.dtype == np.uint8
     sheet = cv2.imread(str(tmp_path / "contact_sheet.png"))
     assert sheet is not None and sheet.shape[0] > 40 and sheet.shape[1] > 64
-    cap = cv2.VideoCapture(str(tmp_path / "preview.mp4"))
-    assert cap.isOpened() and int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 20
+    video = json.loads((tmp_path / "report.json").read_text())["files"]["video"]
+    assert video in (str(tmp_path / "preview.mp4"), str(tmp_path / "preview.webm"))  # what browsers play
+    cap = cv2.VideoCapture(video)
+    assert cap.isOpened() and sum(1 for _ in iter(lambda: cap.read()[0], False)) == 20
 
 
 def test_contact_sheet_written_when_previews_off_and_video_fails(tmp_path, monkeypatch):
@@ -304,7 +306,7 @@ def test_contact_sheet_written_when_previews_off_and_video_fails(tmp_path, monke
     monkeypatch.setattr(preview_mod.cv2, "VideoWriter", Broken)
     report = run(Sink(SinkConfig(tmp_path, preview=False)), [hdr(s, scene(s)) for s in range(5)], end=5)
     assert (tmp_path / "contact_sheet.png").is_file()
-    assert not (tmp_path / "preview").exists() and not (tmp_path / "preview.mp4").exists()
+    assert not (tmp_path / "preview").exists() and not list(tmp_path.glob("*preview.*"))
     assert report["files"]["video"] is None and report["frames_out"] == 5
 
 
