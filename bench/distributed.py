@@ -42,7 +42,7 @@ def line(name: str, report: dict, wall: float, mb_per_frame: float) -> str:
     fps = n / wall if wall > 0 else 0.0
     return (f"  {name:<22} {n:4d} frames in {wall:6.1f} s: {fps:6.2f} frames/s, {fps * mb_per_frame:7.1f} MB/s in; "
             f"latency p50 {lat.get('p50', float('nan')):8.1f} ms, p99 {lat.get('p99', float('nan')):8.1f} ms; "
-            f"gaps {len(report['gaps'])}")
+            f"gaps {report['gap_count']}")
 
 
 def embedded(cfg: SimConfig, out: Path) -> tuple[dict, float]:

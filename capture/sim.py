@@ -14,6 +14,7 @@ exceed the frame interval, exposures are capped and analogue gain makes up the r
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ from hdrstream.crf import load_crf
 from hdrstream.frame import Frame
 from hdrstream.hdrio import write_exr
 from hdrstream.pixfmt import pixel_format
+
+log = logging.getLogger(__name__)
 
 DEFAULT_RATIOS = {2: (1.0, 8.0), 3: (1.0, 4.0, 16.0)}
 AE_PERCENTILE = 99.5
@@ -61,6 +64,10 @@ class SimConfig:
     occluder_size: tuple[float, float] = (0.25, 0.45)  # an object's side, as a fraction of the height
     occluder_speed: float = 1.0  # scale of the objects' motion (1: 3-8 px/frame at 640 wide)
     sun: bool = False  # a low sun and its warm glow in the view (procedural scenes): large clipped areas
+    # fault injection: the camera is unplugged at `outage[0]` s of stream time for `outage[1]` s;
+    # the frames it would have taken meanwhile never come (a seq gap, as after a real camera's
+    # reconnect) and are listed in `source_gaps`
+    outage: tuple[float, float] = (0.0, 0.0)
     stream: str = "sim"
 
     def __post_init__(self) -> None:
@@ -96,6 +103,8 @@ class SimConfig:
             raise ValueError(f"{fmt.name} needs an even width and height, got {self.width}x{self.height}")
         if not self.fps > 0:
             raise ValueError(f"fps must be positive, got {self.fps}")
+        if len(self.outage) != 2 or min(self.outage) < 0:
+            raise ValueError(f"outage must be (start_s, duration_s) >= 0, got {self.outage}")
         if self.full_well_e <= 0 or self.read_noise_e < 0:
             raise ValueError("full_well_e must be > 0 and read_noise_e >= 0")
         if self.motion < 0 or self.occluders < 0:
@@ -167,6 +176,7 @@ class SimCamera:
         self.cfg = cfg
         self.gt_dir = Path(gt_dir) if gt_dir is not None else None
         self._closed = False
+        self.source_gaps: list[list[int]] = []  # [first, last] seqs the camera never delivered
         w, h = cfg.width, cfg.height
         self.world, self.path = _world_and_path(cfg)
         rng = np.random.default_rng([cfg.seed, 2])
@@ -303,9 +313,20 @@ class SimCamera:
         cfg = self.cfg
         n = len(self._cycle)
         start = time.monotonic()
+        lo, hi = cfg.outage[0] * cfg.fps, (cfg.outage[0] + cfg.outage[1]) * cfg.fps
         for i in range(cfg.frames):
             if self._closed:
                 return
+            if lo <= i < hi:  # unplugged: nothing is exposed, nothing is sent
+                if not self.source_gaps or self.source_gaps[-1][1] != i - 1:
+                    log.warning("sim camera: removed at frame %d (outage of %.1f s)", i, cfg.outage[1])
+                    self.source_gaps.append([i, i])
+                self.source_gaps[-1][1] = i
+                if cfg.realtime:
+                    time.sleep(max(0.0, start + (i + 1) / cfg.fps - time.monotonic()))
+                continue
+            if self.source_gaps and self.source_gaps[-1][1] == i - 1:
+                log.warning("sim camera: back at frame %d", i)
             gt = self.render(i)
             data = self.capture(i, gt)
             stem = f"{i:06d}"

@@ -100,6 +100,9 @@ def run_source(
         if first_seq is None or unreadable[0]["seq"] < first_seq:
             meta["first_seq"] = min(unreadable[0]["seq"], meta["first_seq"])
         next_seq = max(next_seq, unreadable[-1]["seq"] + 1)
+    source_gaps = getattr(source, "source_gaps", None)  # seqs a camera knows it never delivered
+    if source_gaps:
+        meta["source_gaps"] = [list(r) for r in source_gaps[:MAX_NAMED]]
     if stats.failure:
         meta["error"] = stats.failure
     if not sender.send(eos(stream, next_seq, **meta), timeout_s=EOS_TIMEOUT_S):

@@ -135,6 +135,7 @@ class Sink:
         self._max_seq: int | None = None  # highest seq of any hdr frame: judges an eos's plausibility
         self._upstream_malformed: dict[str, int] = {}  # per stage, carried by the eos
         self._unreadable: list[dict[str, Any]] = []  # frames the source could not read (eos)
+        self._source_gaps = SeqRanges()  # frames the camera never delivered (outage), from the eos
         self._latency = Stats()  # ms from the camera handing a frame over to its HDR frame here
         self.frames_in = 0
         self.repaired = 0  # frames with non-finite values that were repaired
@@ -263,9 +264,10 @@ class Sink:
         gaps = main.reorder.gaps
         failed = gaps.overlap(self._failed)
         unreadable = gaps.overlap(SeqRanges(u["seq"] for u in self._unreadable))
+        camera = gaps.overlap(self._source_gaps)
         rest = "source_stopped" if self._stream_error else "never_arrived"
-        return {"total": len(gaps), "worker_failed": failed, "unreadable": unreadable,
-                rest: len(gaps) - failed - unreadable}
+        return {"total": len(gaps), "worker_failed": failed, "unreadable": unreadable, "camera_gap": camera,
+                rest: len(gaps) - failed - unreadable - camera}
 
     def summary(self) -> str:
         """A few human-readable lines: frames, gaps, mean quality per method, where files are."""
@@ -338,6 +340,8 @@ class Sink:
             self._eos_start = first
         elif count is not None:
             self._eos_start = max(0, self._eos_end - count)
+        for a, b in frame.meta.get("source_gaps", ()):
+            self._source_gaps.add_range(a, b + 1)
         unreadable = frame.meta.get("unreadable")
         if isinstance(unreadable, list):
             self._unreadable = unreadable

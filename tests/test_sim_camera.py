@@ -264,3 +264,11 @@ def test_realtime_paces_frames_and_close_stops_the_stream():
     next(it)
     cam.close()
     assert list(it) == []
+
+
+def test_an_outage_skips_the_frames_of_its_duration_and_names_them():
+    from capture.sim import SimCamera, SimConfig
+
+    cam = SimCamera(SimConfig(width=32, height=24, frames=20, fps=10.0, outage=(0.5, 0.8)))
+    assert [f.seq for f in cam.frames()] == [0, 1, 2, 3, 4, *range(13, 20)]
+    assert cam.source_gaps == [[5, 12]]

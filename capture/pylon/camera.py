@@ -579,6 +579,11 @@ class PylonCamera:
             "pylon_version": pylon_version,
         }
 
+    @property
+    def source_gaps(self) -> list[list[int]]:
+        """[first, last] seqs the camera skipped (removal, incomplete grabs): the eos lists them."""
+        return [[a, b] for a, b in self.stats.gap_ranges]
+
     def close(self) -> None:
         """Stop grabbing, leave the sequencer off, and release the camera. Safe to call twice."""
         self._closed = True
