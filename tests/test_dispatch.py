@@ -235,3 +235,24 @@ def test_with_no_worker_for_too_long_the_waiting_windows_are_given_up_and_the_st
     finally:
         d.close()
         rx.close()
+
+
+def test_a_dead_dispatcher_thread_says_why_and_takes_no_more_work(monkeypatch):
+    """serve_preprocess turns this into a non-zero exit (a dead thread is a dead process)."""
+    died = []
+
+    def broken(self):
+        raise KeyError("a bug in dealing")
+
+    monkeypatch.setattr(Dispatcher, "_deal", broken)
+    rx = Receiver("@tcp://127.0.0.1:*", bind=True)
+    d = Dispatcher("@tcp://127.0.0.1:*", ">" + rx.endpoint, DispatchConfig(**FAST), on_failure=died.append)
+    try:
+        deadline = time.monotonic() + 5
+        while d.failure is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert d.failure is not None and "KeyError" in d.failure and died == [d.failure]
+        assert d.send(window(0), timeout_s=0.5) is False
+    finally:
+        d.close()
+        rx.close()
