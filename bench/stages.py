@@ -5,10 +5,17 @@ frame), for RGB8 and BayerRG8 camera output; the pipelined run shows what overla
 the stages on threads buys.
 
     .venv/bin/python bench/stages.py [--width 1536 --height 813 --frames 12] [--exposures 2]
+                                     [--profile [N]]
+
+``--profile`` adds, per stage, the N functions with the most own time (cProfile; the
+stage's frames after the warm-up one), so the figures say where each stage's time goes.
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
+import pstats
 import tempfile
 import time
 
@@ -21,14 +28,36 @@ from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig
 
 
-def timed(fn, items):
-    """Run fn on every item; return (outputs, per-item seconds, skipping the first as warm-up)."""
+PROFILE_TOP = 0  # set by --profile
+
+
+def timed(fn, items, name: str = ""):
+    """Run fn on every item; return (outputs, per-item seconds, skipping the first as warm-up).
+    With --profile, print where the time after the warm-up went."""
     outs, times = [], []
-    for item in items:
+    prof = cProfile.Profile() if PROFILE_TOP else None
+    for i, item in enumerate(items):
+        if prof is not None and i == 1:
+            prof.enable()
         t0 = time.perf_counter()
         outs.extend(fn(item))
         times.append(time.perf_counter() - t0)
+    if prof is not None:
+        prof.disable()
+        print_profile(prof, name, max(1, len(times) - 1))
     return outs, times[1:] or times
+
+
+def print_profile(prof: cProfile.Profile, name: str, n: int) -> None:
+    """The functions with the most own time, in ms per frame."""
+    stats = pstats.Stats(prof, stream=io.StringIO())
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:PROFILE_TOP]  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.stats.values())  # type: ignore[attr-defined]
+    print(f"    profile of {name}: {1e3 * total / n:.1f} ms/frame own time in Python-visible calls")
+    for (file, line, func), (_, ncalls, tottime, cumtime, _) in rows:
+        where = f"{file.rsplit('/', 2)[-2]}/{file.rsplit('/', 1)[-1]}:{line}" if "/" in file else file
+        print(f"      {1e3 * tottime / n:7.1f} ms own {1e3 * cumtime / n:7.1f} cum {ncalls / n:6.1f} calls  "
+              f"{func}  ({where})")
 
 
 def ms(times) -> str:
@@ -41,22 +70,24 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
     print(f"\n{fmt} in, {a.width}x{height}, {a.exposures} exposures, {a.frames} frames")
     cam = SimCamera(cfg)
     it = iter(cam.frames())
-    frames, t_cap = timed(lambda _: [next(it)], range(a.frames))
+    frames, t_cap = timed(lambda _: [next(it)], range(a.frames), "capture")
     print(f"  capture (sim render)   {ms(t_cap)}")
     pre = Preprocessor(PreprocessConfig())
-    windows, t_pre = timed(pre.process, frames)
+    windows, t_pre = timed(pre.process, frames, "preprocess")
     windows += list(pre.finish())
     print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
     inf = InferStage(method="classical")
-    hdrs, t_inf = timed(inf.process, windows)
+    hdrs, t_inf = timed(inf.process, windows, "infer classical")
     print(f"  infer classical        {ms(t_inf)}")
     with tempfile.TemporaryDirectory() as tmp:
         sink = Sink(SinkConfig(out_dir=tmp, video=False, background=False))  # inline: time the work itself
-        _, t_sink = timed(sink.process, hdrs)
+        _, t_sink = timed(sink.process, hdrs, "sink")
         sink.finish()
         print(f"  sink (EXR + preview)   {ms(t_sink)}")
         total = sum(float(np.mean(t)) for t in (t_cap, t_pre, t_inf, t_sink))
         print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
+        if a.no_pipeline:
+            return
         t0 = time.perf_counter()
         run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage(method="classical"),
                                       Sink(SinkConfig(out_dir=tmp + "/p", video=False))])
@@ -71,7 +102,12 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--exposures", type=int, default=2)
     ap.add_argument("--formats", default="RGB8,BayerRG8")
+    ap.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="N",
+                    help="print the N functions with the most own time per stage (default 12)")
+    ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
     a = ap.parse_args()
+    global PROFILE_TOP
+    PROFILE_TOP = a.profile
     for fmt in a.formats.split(","):
         bench(fmt, a)
 
