@@ -35,10 +35,11 @@ from preprocess.stage import PreprocessConfig, Preprocessor
 from training.splits import CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
 
 
-def evaluate(cfg: SimConfig, methods: list[str], weights: str = "") -> dict[str, dict[str, list[float]]]:
+def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
+             pre_cfg: PreprocessConfig | None = None) -> dict[str, dict[str, list[float]]]:
     """Per-frame figures of each method on one sequence."""
     cam = SimCamera(cfg)
-    pre = Preprocessor(PreprocessConfig())
+    pre = Preprocessor(pre_cfg or PreprocessConfig())
     infer = InferStage(method=methods[0], compare=methods[1:])
     if weights:  # candidate weights instead of the shipped ones
         for rec in infer.methods:
@@ -119,6 +120,8 @@ def main() -> None:
     ap.add_argument("--weights", default="", help="network weights to score instead of the shipped ones "
                     "(one file: give --exposures to match)")
     ap.add_argument("--json", default="", help="also write the figures (per split, cycle, method) here")
+    ap.add_argument("--interpolation", default=PreprocessConfig.interpolation, choices=("linear", "cubic"),
+                    help="preprocess's resampling of the global warp")
     a = ap.parse_args()
     if a.weights and "," in a.exposures:
         ap.error("--weights scores one network: give --exposures 2 or 3")
@@ -135,7 +138,8 @@ def main() -> None:
             base = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
                              pixel_format=a.pixel_format)
             for i in range(a.seeds):
-                for m, r in evaluate(split_config(split, i, base), methods, a.weights).items():
+                for m, r in evaluate(split_config(split, i, base), methods, a.weights,
+                                        PreprocessConfig(interpolation=a.interpolation)).items():
                     for k, v in r.items():
                         rows[m].setdefault(k, []).extend(v)
             table = summarise(rows)

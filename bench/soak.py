@@ -28,7 +28,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from hdrstream.frame import Frame, encode
+from hdrstream.frame import Frame, ProtocolError, decode, encode
 
 SERVICES = ("capture", "preprocess", "infer", "sink")
 
@@ -92,6 +92,16 @@ def _junk(rng: random.Random):
 
 
 def malformed_frame(rng: random.Random) -> list[bytes]:
+    """A message the frame decoder must reject (a mutation that stays valid is drawn again)."""
+    while True:
+        parts = _mutation(rng)
+        try:
+            decode(parts)
+        except ProtocolError:
+            return parts
+
+
+def _mutation(rng: random.Random) -> list[bytes]:
     kind = rng.choice(["raw", "map", "mutated", "mutated", "mutated"])
     if kind == "raw":
         return [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(0, 3))] or [b""]

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from hdrstream.geometry import invert, is_identity, scaled, warp
 from infer.mask import EXPOSURE_TOL, well_exposed_mask
 from infer.method import check_window, to_hdr
 
@@ -92,17 +93,25 @@ _MIN_FLOW_PX = 16
 
 
 class ClassicalReconstructor:
-    """Flow-aligned, deghosted multi-exposure merge (no learning); works on any window."""
+    """Flow-aligned, deghosted multi-exposure merge (no learning); works on any window.
+
+    Given the window's global transforms (``warps``, frames not yet warped), it folds each
+    into the flow's resampling: one interpolation of each neighbour instead of two.
+    """
 
     name = "classical"
+    folds_warps = True  # reconstruct() takes unwarped frames and their 2x3 transforms
 
     def __init__(self, cfg: ClassicalConfig | None = None) -> None:
         self.cfg = cfg or ClassicalConfig()
         self._dis = cv2.DISOpticalFlow_create(self.cfg.flow_preset)
         self._dis.setVariationalRefinementAlpha(self.cfg.flow_alpha)
 
-    def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
-        return self._merge(frames, exposures, ref, None)
+    def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
+                    warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+        """``warps``: per frame, the 2x3 that maps it onto the reference, when ``frames`` are
+        not warped yet (a window with ``meta["warped"] = False``)."""
+        return self._merge(frames, exposures, ref, None, warps)
 
     def reconstruct_with_confidence(self, frames: np.ndarray, exposures: Sequence[float],
                                     ref: int) -> tuple[np.ndarray, np.ndarray]:
@@ -114,11 +123,14 @@ class ClassicalReconstructor:
         return self._merge(frames, exposures, ref, conf), conf[0]
 
     def _merge(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
-               conf: list[np.ndarray] | None) -> np.ndarray:
+               conf: list[np.ndarray] | None, warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
         """The merge; with ``conf`` (a one-element list) its confidence is multiplied into conf[0]."""
         check_window(frames, exposures, ref)
+        mats = None if warps is None else _matrices(warps, len(exposures))
         cfg = self.cfg
         L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
+        if mats is not None and mats[ref] is not None:  # preprocess never moves the reference; others might
+            L_ref = warp(L_ref, mats[ref], L_ref.shape, interpolation=cv2.INTER_CUBIC)
         H_ref = to_hdr(L_ref, t_ref)
         if conf is not None:
             conf[0] *= self._weight(L_ref, 1.0)
@@ -136,7 +148,8 @@ class ClassicalReconstructor:
         nbrs = self.neighbours(exposures, ref, same)
         if not nbrs:
             return H_ref
-        maps = _Flows(self, frames, exposures, ref).maps(nbrs)
+        flows = _Flows(self, frames, exposures, ref, mats)
+        maps = flows.maps(nbrs)
         g_ref = _grey(L_ref)
         t_short = min(exposures)
         w = self._weight(L_ref, t_ref)
@@ -146,8 +159,11 @@ class ClassicalReconstructor:
         den = w
         for j in nbrs:
             t_j = float(exposures[j])
-            L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
-                            borderMode=cv2.BORDER_REPLICATE)
+            if mats is not None and mats[j] is not None:
+                L_j = _resample(np.asarray(frames[j], np.float32), maps[j], flows.moved.get(j))
+            else:
+                L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
             w = self._weight(L_j, t_j)
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref)
             if conf is not None:
@@ -223,11 +239,39 @@ class ClassicalReconstructor:
         return np.exp(-(d * d))
 
 
-class _Flows:
-    """Flow fields of one window, on grey copies at most ``flow_max_px`` wide."""
+def _resample(L: np.ndarray, m: np.ndarray, moved: np.ndarray | None) -> np.ndarray:
+    """A neighbour through its composed map (global warp, then flow): bicubic, as preprocess
+    would have warped it (bilinear blurs static texture: -0.5 dB PSNR-μ on the static split);
+    where the flow moved it, bilinear, as the flow's resampling of the warped frame was
+    (there a second interpolation smoothed the noise, worth 0.1-0.5 dB on the dynamic split)."""
+    out = cv2.remap(L, m, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    np.clip(out, 0.0, 1.0, out=out)
+    if moved is not None:
+        lin = cv2.remap(L, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        np.copyto(out, lin, where=moved[..., None])
+    return out
 
-    def __init__(self, rec: ClassicalReconstructor, frames: np.ndarray, exposures: Sequence[float], ref: int):
+
+def _matrices(warps: Sequence[Sequence[float]], n: int) -> list[np.ndarray | None]:
+    """Each frame's 2x3 onto the reference, None where it is the identity."""
+    if len(warps) != n:
+        raise ValueError(f"{len(warps)} warps for a window of {n} frames")
+    mats = [np.asarray(m, np.float64).reshape(2, 3) for m in warps]
+    return [None if is_identity(M) else M for M in mats]
+
+
+class _Flows:
+    """Flow fields of one window, on grey copies at most ``flow_max_px`` wide.
+
+    ``mats``: the frames' global transforms when the frames are not warped yet; the greys
+    are then warped at working size, and each sampling map is composed with the transform,
+    so the neighbour is resampled once, from its own pixels."""
+
+    def __init__(self, rec: ClassicalReconstructor, frames: np.ndarray, exposures: Sequence[float], ref: int,
+                 mats: list[np.ndarray | None] | None = None):
         self.rec, self.cfg = rec, rec.cfg
+        self.mats = mats
+        self.moved: dict[int, np.ndarray] = {}  # full-size masks where a neighbour's flow is not zero
         self.frames, self.t, self.ref = frames, [float(t) for t in exposures], ref
         self.full = frames.shape[1:3]
         h, w = self.full
@@ -243,11 +287,18 @@ class _Flows:
         out = {}
         for j in nbrs:
             flow = self._flow_to(j)
+            if self.mats is not None and self.mats[j] is not None:
+                moved = (np.abs(flow[..., 0]) + np.abs(flow[..., 1])) > 0
+                if moved.any():
+                    self.moved[j] = cv2.resize(moved.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
             if self.s < 1.0:
                 flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
                 flow *= np.float32(1.0 / self.s)
             flow[..., 0] += gx
             flow[..., 1] += gy
+            M = self.mats[j] if self.mats is not None else None
+            if M is not None:  # the map is in the reference's frame: back into frame j's own pixels
+                flow = cv2.transform(flow, invert(M).astype(np.float32))
             out[j] = flow
         return out
 
@@ -257,6 +308,9 @@ class _Flows:
             g = _grey(np.asarray(self.frames[i], np.float32))
             if self.s < 1.0:
                 g = cv2.resize(g, self.size, interpolation=cv2.INTER_AREA)
+            M = self.mats[i] if self.mats is not None else None
+            if M is not None:  # onto the reference, at working size
+                g = warp(g, scaled(M, self.s) if self.s < 1.0 else M, g.shape, interpolation=cv2.INTER_LINEAR)
             self._grey[i] = g
         return self._grey[i]
 

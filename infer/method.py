@@ -1,7 +1,9 @@
 """What every reconstruction method is and shares: the interface, the window check, H = L^2.2 / t.
 
-A reconstructor sees one window: N frames already globally aligned to the reference,
-as gamma-2.2 values L in [0, 1], and returns the reference's linear HDR H = L^2.2 / t.
+A reconstructor sees one window: N frames globally aligned to the reference, as gamma-2.2
+values L in [0, 1], and returns the reference's linear HDR H = L^2.2 / t. A window may come
+with its frames unwarped and their transforms beside them (``apply_warps`` aligns them; a
+method with ``folds_warps`` takes them as they are).
 The methods import this module; the factory (:mod:`infer.reconstructor`) imports the methods.
 """
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Protocol
 
 import cv2
 import numpy as np
+
+from hdrstream.geometry import warp
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast of the network methods
 
@@ -39,4 +43,17 @@ def to_hdr(L: np.ndarray, t: float) -> np.ndarray:
     """Gamma-2.2 values -> linear radiance per second, H = L^2.2 / t (float32)."""
     out = cv2.pow(np.asarray(L, np.float32), 2.2)
     out *= np.float32(1.0 / t)
+    return out
+
+
+def apply_warps(frames: np.ndarray, warps: Sequence[Sequence[float]], interpolation: str = "cubic") -> np.ndarray:
+    """The window as preprocess would have warped it: each frame resampled by its 2x3
+    (the same code, so the same pixels); float32 (N, H, W, 3)."""
+    if len(warps) != frames.shape[0]:
+        raise ValueError(f"{len(warps)} warps for a window of {frames.shape[0]} frames")
+    flag = cv2.INTER_CUBIC if interpolation == "cubic" else cv2.INTER_LINEAR
+    out = np.empty(frames.shape, np.float32)
+    for i, M in enumerate(warps):
+        warp(np.asarray(frames[i], np.float32), np.asarray(M, np.float64).reshape(2, 3), frames.shape[1:3],
+             out=out[i], interpolation=flag)
     return out

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hdrstream.frame import Frame
+from infer.method import apply_warps
 from infer.reconstructor import make_reconstructor
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,23 @@ class InferStage:
         frames = np.asarray(window.data, np.float32)
         exposures = [float(t) for t in meta["exposures"]]
         ref = int(meta["ref"])
+        unwarped = meta.get("warped") is False
+        if unwarped and "warps" not in meta:
+            raise ValueError("window says its frames are not warped but carries no warps")
+        aligned: np.ndarray | None = None if unwarped else frames
         out = []
         for rec in self.methods:
             t0 = time.perf_counter()
-            stream = getattr(rec, "reconstruct_stream", None)
-            if stream is not None and "seqs" in meta and "warps" in meta:
-                hdr = stream(frames, exposures, ref, meta["seqs"], meta["warps"])
+            if unwarped and getattr(rec, "folds_warps", False):
+                hdr = rec.reconstruct(frames, exposures, ref, warps=meta["warps"])
             else:
-                hdr = rec.reconstruct(frames, exposures, ref)
+                if aligned is None:  # once per window, for every method that wants aligned frames
+                    aligned = apply_warps(frames, meta["warps"], meta.get("warp_interpolation", "cubic"))
+                stream = getattr(rec, "reconstruct_stream", None)
+                if stream is not None and "seqs" in meta and "warps" in meta:
+                    hdr = stream(aligned, exposures, ref, meta["seqs"], meta["warps"])
+                else:
+                    hdr = rec.reconstruct(aligned, exposures, ref)
             spent = time.perf_counter() - t0
             out.append(
                 Frame(

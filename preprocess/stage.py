@@ -17,7 +17,8 @@ import numpy as np
 
 from hdrstream.crf import load_crf
 from hdrstream.frame import Frame
-from preprocess.align import IDENTITY, compose, estimate_similarity, invert, warp
+from hdrstream.geometry import IDENTITY, compose, invert, warp
+from preprocess.align import estimate_similarity
 from preprocess.debayer import regamma, to_rgb
 from preprocess.window import ExposureCycle, auto_k, plan_window
 
@@ -38,6 +39,11 @@ class PreprocessConfig:
     align: bool = True
     window_dtype: str = "float32"
     interpolation: str = "cubic"  # resampling of the global warp: cubic keeps texture sharp
+    # True: windows carry their frames unwarped, with each frame's transform in meta["warps"]
+    # and meta["warped"] = False; the reconstructor applies them (the classical merge folds
+    # them into the one resampling it does anyway: one interpolation instead of two, and no
+    # full-size warp of every frame in every window here)
+    defer_warp: bool = True
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("linear", "cubic"):
@@ -180,7 +186,9 @@ class Preprocessor:
         warps = []
         for i, s in enumerate(seqs):
             M = self._transform(s, ref)
-            if dtype == np.float32:
+            if self.cfg.defer_warp:
+                data[i] = self._buf[s].L
+            elif dtype == np.float32:
                 warp(self._buf[s].L, M, r.L.shape, out=data[i], interpolation=self._interp)
             else:
                 data[i] = warp(self._buf[s].L, M, r.L.shape, interpolation=self._interp)
@@ -195,6 +203,8 @@ class Preprocessor:
             "exposures": [float(self._buf[s].frame.exposure_s) for s in seqs],
             "seqs": seqs,
             "warps": warps,
+            "warped": not self.cfg.defer_warp,
+            "warp_interpolation": self.cfg.interpolation,
             "t_min": float(cycle.t_min),
             "timing": {**f.meta.get("timing", {}), "preprocess": spent},
         }

@@ -48,8 +48,8 @@ log = logging.getLogger(__name__)
 HDR_FORMATS = ("RGBf32", "RGBf16")
 DEFAULT_METHOD = "hdr"  # the name used for frames that carry no meta["method"]
 _GT_SUFFIXES = (".exr", ".hdr")
-# An eos further than this past the highest seq seen is not believed: no queue in the graph
-# holds that many frames (10,000 = 5.5 min at 30 frames/s lost in a row at the very end).
+# An eos (or a frame) further than this past the highest seq seen is not believed: no queue
+# in the graph holds that many frames (10,000 = 5.5 min at 30 frames/s lost in a row).
 EOS_SLACK = 10_000
 NOTES = (
     "frames_in counts hdr messages of all methods, frames_out the main method's EXRs, exr_files "
@@ -312,6 +312,10 @@ class Sink:
         wall = frame.meta.get("wall_ns")
         if method == self._main and isinstance(wall, int) and not isinstance(wall, bool) and wall > 0:
             self._latency.add((time.time_ns() - wall) / 1e6)
+        if self._max_seq is not None and frame.seq > self._max_seq + EOS_SLACK:
+            # a corrupt or forged seq: taking it would declare everything up to it lost
+            self._drop("implausible_seq", frame)
+            return
         self._max_seq = frame.seq if self._max_seq is None else max(self._max_seq, frame.seq)
         released = m.reorder.push(int(frame.seq), item)
         if released is None:

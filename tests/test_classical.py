@@ -217,3 +217,46 @@ def test_confidence_is_high_where_static_and_low_where_something_moved(exps):
     assert np.median(static[unclipped]) > 0.9
     assert np.median(dynamic[14:26, 24:36][unclipped[14:26, 24:36]]) < 0.2
     assert np.median(dynamic[:, 50:][unclipped[:, 50:]]) > 0.9  # away from the change
+
+
+# -- windows with their global warps deferred to the reconstructor ---------------------------------
+
+
+def _windows(defer: bool, fmt: str = "RGB8", seed: int = 3):
+    from capture.sim import SimCamera, SimConfig
+
+    cam = SimCamera(SimConfig(width=160, height=96, frames=9, pixel_format=fmt, seed=seed, motion=2.0))
+    frames = list(cam.frames())
+    pre = Preprocessor(PreprocessConfig(defer_warp=defer))
+    return [w for f in frames for w in pre.process(f)] + list(pre.finish()), cam
+
+
+def test_deferred_warps_give_other_methods_the_same_pixels_as_warping_in_preprocess():
+    """apply_warps is preprocess's own warp: the network and the reference see identical windows."""
+    from infer.method import apply_warps
+
+    warped, _ = _windows(defer=False)
+    deferred, _ = _windows(defer=True)
+    assert any(not np.allclose(w.meta["warps"], [1, 0, 0, 0, 1, 0]) for w in warped)  # the camera moved
+    for a, b in zip(warped, deferred, strict=True):
+        assert a.meta["warped"] is True and b.meta["warped"] is False
+        np.testing.assert_array_equal(apply_warps(b.data, b.meta["warps"], b.meta["warp_interpolation"]), a.data)
+
+
+@pytest.mark.parametrize("fmt", ["RGB8", "BayerRG8"])
+def test_folding_the_warp_into_the_flow_keeps_the_classical_output(fmt):
+    """One resampling instead of two (a speed trick) keeps the quality: the mean PSNR-μ against
+    ground truth within 0.1 dB of the two-step path, no frame more than 0.4 dB off. (At this
+    tiny size the borders, which the two paths replicate differently, weigh much more than at
+    512x288, where the validation splits moved by -0.03 to +0.06 dB.)"""
+    warped, cam = _windows(defer=False, fmt=fmt)
+    deferred, _ = _windows(defer=True, fmt=fmt)
+    stage = InferStage("classical")
+    t_min = min(cam.exposure_cycle)
+    old, new = [], []
+    for a, b in zip(warped, deferred, strict=True):
+        gt = cam.render(a.seq)
+        old.append(psnr_mu(stage.process(a)[0].data, gt, t_min))
+        new.append(psnr_mu(stage.process(b)[0].data, gt, t_min))
+    assert max(abs(x - y) for x, y in zip(old, new)) < 0.4, (old, new)
+    assert abs(np.mean(old) - np.mean(new)) < 0.1

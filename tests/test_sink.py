@@ -128,11 +128,18 @@ def test_a_forged_far_ahead_eos_is_rejected_and_counted(tmp_path):
     assert (tmp_path / "report.json").stat().st_size < 20_000
 
 
-def test_a_frame_far_ahead_costs_one_range_not_memory(tmp_path):
+def test_a_frame_far_ahead_is_not_believed(tmp_path):
     report = run(Sink(SinkConfig(tmp_path, preview=False, video=False, reorder_window=2)),
-                 [hdr(s, scene(s)) for s in (0, 1, 2**50, 2)])
-    assert report["gaps"] == [[3, 2**50 - 1]] and report["gap_count"] == 2**50 - 3
-    assert report["frames_out"] == 4
+                 [hdr(s, scene(s)) for s in (0, 1, 2**50, 2)], end=3)
+    assert report["gaps"] == [] and report["frames_out"] == 3
+    assert report["dropped"]["by_reason"] == {"implausible_seq": 1}
+
+
+def test_a_frame_far_ahead_of_the_first_costs_one_range_not_memory(tmp_path):
+    """The first frame seen sets the base; a real hole, however large, is two numbers."""
+    report = run(Sink(SinkConfig(tmp_path, preview=False, video=False, reorder_window=2)),
+                 [hdr(s, scene(s)) for s in (2**50, 2**50 + 5000)])
+    assert report["gaps"] == [[2**50 + 1, 2**50 + 4999]] and report["gap_count"] == 4999
 
 
 def test_gaps_without_eos_are_holes_between_seen_seqs(tmp_path):
