@@ -43,7 +43,7 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
     infer = InferStage(method=methods[0], compare=methods[1:])
     if weights:  # candidate weights instead of the shipped ones
         for rec in infer.methods:
-            if rec.name in ("net", "coarse"):
+            if rec.name in ("net", "net-refine", "coarse"):
                 rec.weights = {cfg.exposures: Path(weights)}
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
     t_min = min(cam.exposure_cycle)
@@ -133,7 +133,7 @@ def main() -> None:
     for split in splits:
         for n_exp in (int(e) for e in a.exposures.split(",")):
             methods = a.methods.split(",") if a.methods else (
-                ["reference", "classical"] + (["coarse", "net"] if default_weights(n_exp).is_file() or a.weights else []))
+                ["reference", "classical"] + (["coarse", "net", "net-refine"] if default_weights(n_exp).is_file() or a.weights else []))
             rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
             base = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
                              pixel_format=a.pixel_format)

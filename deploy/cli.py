@@ -14,7 +14,7 @@ from pathlib import Path
 
 log = logging.getLogger("hdrstream")
 
-METHODS = ("classical", "reference", "net", "coarse")
+METHODS = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) -> None:

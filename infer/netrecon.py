@@ -84,8 +84,13 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+NAMES = ("net", "net-refine", "coarse")
+
+
 class NetReconstructor:
-    """``net``: CoarseNet + RefineNet; ``coarse``: CoarseNet alone (for ablations).
+    """``net``: the network as its weights file says (``NetConfig.refine``: CoarseNet +
+    RefineNet, or CoarseNet alone; then the classical gate, if it has one); ``net-refine``:
+    with RefineNet whatever the file says; ``coarse``: CoarseNet alone, never gated (ablations).
 
     ``precision``: the autocast dtype of the network's convolutions (outputs are float32
     either way); on CUDA the model also runs channels-last, the layout tensor cores want.
@@ -105,8 +110,8 @@ class NetReconstructor:
         tile: int | None = None,
         tile_margin: int = TILE_MARGIN,
     ) -> None:
-        if name not in ("net", "coarse"):
-            raise ValueError(f"NetReconstructor is 'net' or 'coarse', got {name!r}")
+        if name not in NAMES:
+            raise ValueError(f"NetReconstructor is one of {NAMES}, got {name!r}")
         for what, v in (("tile", tile or 0), ("tile_margin", tile_margin)):
             if v < 0 or v % TILE_MULTIPLE:
                 raise ValueError(f"{what} must be a non-negative multiple of {TILE_MULTIPLE}, got {v}")
@@ -200,14 +205,18 @@ class NetReconstructor:
             hdr = self._windowed(net, frames, exposures, ref)
         return self._gated(net, frames, exposures, ref, hdr)
 
+    def _coarse_only(self, net) -> bool:
+        """Stop at CoarseNet's HDR of the reference's window (no RefineNet)?"""
+        return self.name == "coarse" or (self.name == "net" and not net.cfg.refine)
+
     def _windowed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
         h, w = frames.shape[1:3]
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         half = net.cfg.coarse_frames // 2
-        centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
+        centres = (ref,) if self._coarse_only(net) else (ref - 1, ref, ref + 1)
         coarse = [self._coarse(net, x, expo, self._flows(net, frames, exposures, j), j - half, j + half + 1)
                   for j in centres]  # what HDRNet.forward does, by stages, so that both can tile
-        if self.name == "coarse":
+        if self._coarse_only(net):
             return self._to_numpy(coarse[0], h, w, t_min)
         return self._to_numpy(self._refine(net, torch.stack(coarse, dim=1), x[:, ref], expo[:, ref - 1:ref + 2]),
                               h, w, t_min)
@@ -246,8 +255,8 @@ class NetReconstructor:
 
     def _gated(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int, hdr: np.ndarray) -> np.ndarray:
         """With a gate (``NetConfig.classical_gate``) the final HDR is blended with the
-        classical merge of the same window; CoarseNet alone ("coarse") is never gated."""
-        if net.gate is None or self.name != "net":
+        classical merge of the same window; the "coarse" ablation is never gated."""
+        if net.gate is None or self.name == "coarse":
             return hdr
         if self._classical is None:
             self._classical = ClassicalReconstructor()
@@ -298,7 +307,7 @@ class NetReconstructor:
         n, h, w, _ = frames.shape
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         half = net.cfg.coarse_frames // 2
-        centres = (ref,) if self.name == "coarse" else (ref - 1, ref, ref + 1)
+        centres = (ref,) if self._coarse_only(net) else (ref - 1, ref, ref + 1)
         position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
         coarse, keys, as_cached = {}, {}, {}
         for j in centres:
@@ -318,7 +327,7 @@ class NetReconstructor:
             self._features.pop(key, None)  # features of a replaced coarse HDR are stale
             as_cached[j] = True
         self._evict(int(seqs[ref]), n)
-        if self.name == "coarse":
+        if self._coarse_only(net):
             return np.ascontiguousarray(coarse[ref][:h, :w] / np.float32(t_min), np.float32)
         expo3 = expo[:, ref - 1:ref + 2]
         coarse3 = torch.stack([self._tensor(coarse[j]) for j in (ref - 1, ref, ref + 1)], dim=0)[None]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from infer.method import PRECISIONS, Reconstructor
 
-KNOWN = ("classical", "reference", "net", "coarse")
+KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 # The method used when none is named. The shipped CPU-trained network (2 exposures with its
@@ -49,7 +49,7 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
         from infer.reference import ReferenceReconstructor
 
         return ReferenceReconstructor()
-    if name in ("net", "coarse"):
+    if name in ("net", "net-refine", "coarse"):
         from infer.netrecon import NetReconstructor
 
         # weights load on the first window: its size picks 2 or 3 exposures

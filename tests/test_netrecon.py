@@ -274,3 +274,34 @@ def test_gate_is_applied_alike_windowed_streamed_and_in_strips(gated, monkeypatc
     whole = NetReconstructor("net", device="cpu", tile=0)
     whole.weights = {2: gated["half"]}
     np.testing.assert_allclose(whole.reconstruct(win, ex, 2), a, rtol=1e-5, atol=1e-6 * a.max())
+
+
+def test_refine_off_makes_net_the_gated_coarse_hdr_and_net_refine_keeps_the_paper(gated, tmp_path):
+    """NetConfig.refine = False: ``net`` stops at CoarseNet (then the gate); ``net-refine`` still
+    runs RefineNet from the same file; ``coarse`` stays the ungated ablation."""
+    from infer.net.model import load_weights
+
+    model = load_weights(gated["half"])
+    model.cfg = NetConfig(**{**model.cfg.__dict__, "refine": False})
+    no_refine = save_weights(model, tmp_path / "no-refine.safetensors")
+    frames, expos = stream_of(9, 2, h=40, w=52)
+
+    def run(name, path):
+        rec = NetReconstructor(name, device="cpu", tile=0)
+        rec.weights = {2: path}
+        return rec, [rec.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+                     for _, win, ex, seqs in windows(frames, expos, 2)]
+
+    rec_net, net = run("net", no_refine)
+    _, full_from_same = run("net-refine", no_refine)
+    _, full = run("net", gated["half"])
+    _, coarse = run("coarse", gated["half"])
+    assert rec_net.feature_runs == 0  # RefineNet never ran
+    for a, b in zip(full_from_same, full):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * b.max())
+    # the gate blends CoarseNet's HDR with the classical merge (half open: their mean)
+    from infer.classical import ClassicalReconstructor
+
+    for (_, win, ex, _), n, c in zip(windows(frames, expos, 2), net, coarse):
+        merged = ClassicalReconstructor().reconstruct(win, ex, 2)
+        np.testing.assert_allclose(n, 0.5 * (merged + c), rtol=1e-4, atol=1e-5 * merged.max())

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from hdrstream.hdrio import atomic_write
 from infer.net.coarse import CoarseNet
 from infer.net.gate import ClassicalGate
 from infer.net.ops import check_multiple, check_shape, well_exposed_mask
@@ -63,6 +64,12 @@ class NetConfig:
         classical_gate: a learned per-pixel blend of the final HDR with the classical
             merge's (``infer.net.gate``), which the caller computes and passes in; False is
             the paper's network.
+        refine: the reconstructor's ``net`` method runs RefineNet (True, the paper's
+            network), or stops at CoarseNet's HDR of the reference's window, gated when there
+            is a gate (False). RefineNet's weights stay in the file either way, and the
+            ``net-refine`` method runs it regardless. The shipped weights say False: at this
+            width RefineNet adds nothing measurable and costs ~85 % of the time
+            (infer/weights/README.md).
     """
 
     exposures: int = 2
@@ -75,6 +82,7 @@ class NetConfig:
     prior_per_channel: bool = False
     mask_blend: bool = True
     classical_gate: bool = False
+    refine: bool = True
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -275,7 +283,7 @@ def save_weights(model: HDRNet, path: str | Path, meta: dict | None = None) -> P
         "meta": meta_json,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(path), metadata=metadata)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
 
 
