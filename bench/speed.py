@@ -14,6 +14,11 @@ first call of each compiles and is not counted.
     .venv/bin/python bench/speed.py [--sizes 1280x720,1536x813,1920x1080] [--width 1.0] [--exposures 2]
     .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors
     .venv/bin/python bench/speed.py --weights infer/weights/hdrnet-2exp.safetensors --sizes 512x288 --compile
+    .venv/bin/python bench/speed.py --methods net,net-refine --sizes 1536x813 --exposures 2
+
+``--methods`` times what ``hdrstream`` runs instead: the reconstructor streaming a simulated
+sequence through preprocess, shipped weights, everything in a frame's time (DIS flows, the
+classical gate's merge, the network) after a warm-up frame.
 """
 from __future__ import annotations
 
@@ -101,6 +106,26 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
             "peak_mb": peak_mb(device), "padded": f"{W}x{H}"}
 
 
+def bench_methods(methods: list[str], w: int, h: int, exposures: int, frames: int, device: str) -> None:
+    from capture.sim import SimCamera, SimConfig
+    from infer.stage import InferStage
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    cam = SimCamera(SimConfig(width=w, height=h + h % 2, frames=frames, exposures=exposures, pixel_format="RGB8"))
+    pre = Preprocessor(PreprocessConfig())
+    windows = [x for f in cam.frames() for x in pre.process(f)] + list(pre.finish())
+    for m in methods:
+        stage = InferStage(method=m, device=device)
+        times = []
+        for win in windows:
+            t0 = time.perf_counter()
+            stage.process(win)
+            times.append(time.perf_counter() - t0)
+        t = times[1:] or times
+        print(f"  {w}x{h} {m:11s} {1e3 * float(np.mean(t)):8.1f} ms/frame (p50 {1e3 * float(np.median(t)):8.1f}, "
+              f"{len(t)} frames after a warm-up)   peak RSS {peak_mb(torch.device('cpu')):7.0f} MiB", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1280x720,1536x813,1920x1080")
@@ -110,7 +135,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights", help="a trained network (.safetensors); its config overrides --width/--exposures")
     ap.add_argument("--compile", action="store_true", help="torch.compile the network's stages")
+    ap.add_argument("--methods", default="", help="time these reconstructors end to end instead (e.g. net,net-refine)")
+    ap.add_argument("--frames", type=int, default=6, help="with --methods: frames of the simulated sequence")
     a = ap.parse_args()
+    if a.methods:
+        for size in a.sizes.split(","):
+            w, h = (int(v) for v in size.split("x"))
+            bench_methods(a.methods.split(","), w, h, a.exposures, a.frames, a.device)
+        return
     device = torch.device(a.device)
     if a.weights:
         net = load_weights(a.weights, device)
