@@ -18,7 +18,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,19 +27,10 @@ import msgpack
 import numpy as np
 import zmq
 
+from distributed import free_ports  # bench/ is the script's folder
 from hdrstream.frame import Frame, ProtocolError, decode, encode
 
 SERVICES = ("capture", "preprocess", "infer", "sink")
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_config(path: Path, out: Path, frames: int, width: int, height: int, workers: int,

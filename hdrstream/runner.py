@@ -19,6 +19,7 @@ from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
 EOS_TIMEOUT_S = 30.0
+BEHIND_S = 1.0  # a source that waited this long in all for downstream says so (once)
 MAX_NAMED = 10_000  # unreadable frames named one by one in an eos; the count covers the rest  # how long a finished loop waits for downstream to take its eos
 
 
@@ -30,6 +31,7 @@ class LoopStats:
     sent: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     failure: str | None = None  # why a source stopped early, if it did
+    blocked_s: float = 0.0  # a source: time spent waiting for downstream to take frames
 
 
 def _send_all(frames, sender: Sender | None, stop: threading.Event, stats: LoopStats,
@@ -62,6 +64,8 @@ def run_source(
     """
     stats = stats or LoopStats()
     next_seq, first_seq, stream = 0, None, source.name
+    behind_said = False
+    t_start = time.perf_counter()
     frames = iter(source.frames())
     try:
         while not stop.is_set():
@@ -80,10 +84,17 @@ def run_source(
             if metrics is not None:
                 metrics.frames.inc()
                 metrics.processing.observe(time.perf_counter() - t0)
+            t_send = time.perf_counter()
             if not sender.send(frame, stop=stop):
                 if metrics is not None:
                     metrics.drop("not_sent")
                 break
+            stats.blocked_s += time.perf_counter() - t_send
+            if stats.blocked_s > BEHIND_S and not behind_said:
+                behind_said = True  # once: a live view should not drown in this line
+                log.warning("%s: the pipeline is slower than the source: it waited %.1f s for downstream over %d "
+                            "frame(s); a live camera's driver drops what does not fit (reported as camera gaps), "
+                            "a simulated or recorded one slows down", source.name, stats.blocked_s, stats.sent + 1)
             stats.sent += 1
             if metrics is not None:
                 metrics.sent.inc()
@@ -93,6 +104,10 @@ def run_source(
         log.error("source %s failed after %d frames: %s", source.name, stats.sent, stats.failure)
     finally:
         source.close()
+    wall = time.perf_counter() - t_start
+    if behind_said and wall > 0:
+        log.warning("%s: %d frame(s) in %.1f s: %.2f frames/s sustained, %.1f s of it waiting for downstream",
+                    source.name, stats.sent, wall, stats.sent / wall, stats.blocked_s)
     meta = {"count": stats.sent, "first_seq": first_seq if first_seq is not None else next_seq}
     unreadable = getattr(source, "unreadable", None)  # frames a folder could not read: skipped, named
     if unreadable:

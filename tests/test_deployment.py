@@ -130,27 +130,38 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
-    frames = 90
-    # as fast as the CPU goes, frames big enough that the workers always hold chunks
-    config, out, ports = write_config(tmp_path, frames, realtime=False, width=480, height=272)
+def start_up_and_kill_worker_0(config, out, after_exrs: int, verbose: bool = False):
+    """`hdrstream up` as a process group, its output collected; SIGKILL worker 0 once
+    ``after_exrs`` frames are written (mid-stream, with chunks in hand). Returns (up, lines, reader)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "-v", "up", "--config", str(config)],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    up = subprocess.Popen([sys.executable, "-m", "deploy.cli", *(["-v"] if verbose else []), "up", "--config",
+                           str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
     reader.start()
-    pre, snk = {}, {}
     try:
         deadline = time.monotonic() + 120
-        while len(exr_stems(out)) < 8 and time.monotonic() < deadline and up.poll() is None:
+        while len(exr_stems(out)) < after_exrs and time.monotonic() < deadline and up.poll() is None:
             time.sleep(0.05)
         assert up.poll() is None, "the stream ended before the fault could be injected"
         workers = subprocess.run(["pgrep", "-f", f"serve infer --worker-index 0 --config {config}"],
                                  capture_output=True, text=True).stdout.split()
         assert len(workers) == 1, workers
-        os.kill(int(workers[0]), signal.SIGKILL)  # mid-stream, with chunks in hand
+        os.kill(int(workers[0]), signal.SIGKILL)
+    except BaseException:
+        os.killpg(up.pid, signal.SIGKILL)
+        raise
+    return up, lines, reader
+
+
+def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
+    frames = 90
+    # as fast as the CPU goes, frames big enough that the workers always hold chunks
+    config, out, ports = write_config(tmp_path, frames, realtime=False, width=480, height=272)
+    up, lines, reader = start_up_and_kill_worker_0(config, out, after_exrs=8, verbose=True)
+    pre, snk = {}, {}
+    try:
         inject_malformed(ports)
         # the metrics, while the services still run
         lost = "hdrstream_dispatch_workers_lost_total"
@@ -189,22 +200,8 @@ def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
 def test_up_restarts_the_only_worker_when_it_is_killed(tmp_path):
     frames = 60
     config, out, ports = write_config(tmp_path, frames, workers=1, realtime=True)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          start_new_session=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(up.stdout), daemon=True)
-    reader.start()
+    up, lines, reader = start_up_and_kill_worker_0(config, out, after_exrs=4)
     try:
-        deadline = time.monotonic() + 120
-        while len(exr_stems(out)) < 4 and time.monotonic() < deadline and up.poll() is None:
-            time.sleep(0.05)
-        assert up.poll() is None, "the stream ended before the fault could be injected"
-        workers = subprocess.run(["pgrep", "-f", f"serve infer --worker-index 0 --config {config}"],
-                                 capture_output=True, text=True).stdout.split()
-        assert len(workers) == 1, workers
-        os.kill(int(workers[0]), signal.SIGKILL)
         rc = up.wait(timeout=120)  # ends by itself: no Ctrl-C
         reader.join(10)
         log = "".join(lines)

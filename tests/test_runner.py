@@ -1,5 +1,6 @@
 """The stage loops and the embedded graph, with stand-in stages on real inproc/tcp sockets."""
 import threading
+import time
 
 import numpy as np
 
@@ -105,3 +106,24 @@ def test_loops_over_tcp_loopback():
         s.close()
     assert src_stats.sent == 6
     assert [s for s, _ in collect.seen] == [0, 1, 2, 4, 5, 99] and collect.finished
+
+
+def test_a_source_faster_than_its_pipeline_says_so_once(caplog):
+    """Back-pressure is not silent: the source logs once that downstream holds it back."""
+    import logging
+
+    from hdrstream.runner import BEHIND_S
+
+    class Slow:
+        """A sender whose peer takes a frame every 0.3 s."""
+
+        def send(self, frame, timeout_s=None, stop=None):
+            time.sleep(0.3)
+            return True
+
+    stats = LoopStats()
+    with caplog.at_level(logging.WARNING, logger="hdrstream.runner"):
+        run_source(Counter(8), Slow(), threading.Event(), stats)
+    said = [r for r in caplog.records if "slower than the source" in r.getMessage()]
+    assert len(said) == 1 and stats.blocked_s > BEHIND_S
+    assert any("frames/s sustained" in r.getMessage() for r in caplog.records)
