@@ -6,6 +6,7 @@ over) to the sink having the HDR frame; p50/p99 over the stream. Throughput is H
 per second over the whole run, and the camera data rate it sustains (MB/s of raw frames).
 
     .venv/bin/python bench/distributed.py [--sizes 1536x814,4096x2168] [--frames 48] [--workers 2]
+                                          [--defer-warp] [--window-dtype float16]
 """
 from __future__ import annotations
 
@@ -45,15 +46,15 @@ def line(name: str, report: dict, wall: float, mb_per_frame: float) -> str:
             f"gaps {report['gap_count']}")
 
 
-def embedded(cfg: SimConfig, out: Path) -> tuple[dict, float]:
+def embedded(cfg: SimConfig, out: Path, pre: PreprocessConfig) -> tuple[dict, float]:
     sink = Sink(SinkConfig(out_dir=out, preview=False, video=False))
     t0 = time.perf_counter()
-    run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage("classical"), sink])
+    run_embedded(SimCamera(cfg), [Preprocessor(pre), InferStage("classical"), sink])
     wall = time.perf_counter() - t0
     return json.loads((out / "report.json").read_text()), wall
 
 
-def distributed(cfg: SimConfig, out: Path, workers: int) -> tuple[dict, float]:
+def distributed(cfg: SimConfig, out: Path, workers: int, pre: PreprocessConfig) -> tuple[dict, float]:
     cap, work, snk = free_ports(3)
     config = out.parent / f"{out.name}.toml"
     config.write_text(f"""
@@ -77,6 +78,9 @@ frames = {cfg.frames}
 pixel_format = "{cfg.pixel_format}"
 realtime = {str(cfg.realtime).lower()}
 fps = {cfg.fps}
+[preprocess]
+defer_warp = {str(pre.defer_warp).lower()}
+window_dtype = "{pre.window_dtype}"
 [sink]
 out_dir = "{out}"
 preview = false
@@ -95,18 +99,25 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=48)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--realtime", action="store_true", help="pace the camera at 30 fps (latency under load)")
+    ap.add_argument("--defer-warp", action="store_true", help="preprocess leaves the global warps to the workers")
+    ap.add_argument("--window-dtype", default="float32", choices=("float32", "float16"),
+                    help="windows on the wire (and between threads)")
+    ap.add_argument("--no-embedded", action="store_true", help="only the distributed graph")
     a = ap.parse_args()
+    pre = PreprocessConfig(defer_warp=a.defer_warp, window_dtype=a.window_dtype)
     print(f"{os.cpu_count()} CPU cores; classical reconstructor; BayerRG8 2-exposure simulated camera; "
-          f"{a.frames} frames{' at 30 fps' if a.realtime else ' as fast as it renders'}")
+          f"{a.frames} frames{' at 30 fps' if a.realtime else ' as fast as it renders'}; windows "
+          f"{a.window_dtype}{', warps deferred to the workers' if a.defer_warp else ''}")
     for size in a.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
         cfg = SimConfig(width=w, height=h, frames=a.frames, pixel_format="BayerRG8", realtime=a.realtime, fps=30.0)
         mb = w * h / 1e6
         print(f"{w}x{h} ({mb:.1f} MB/frame raw)")
         with tempfile.TemporaryDirectory() as tmp:
-            report, wall = embedded(cfg, Path(tmp) / "embedded")
-            print(line("embedded (1 process)", report, wall, mb))
-            report, wall = distributed(cfg, Path(tmp) / "distributed", a.workers)
+            if not a.no_embedded:
+                report, wall = embedded(cfg, Path(tmp) / "embedded", pre)
+                print(line("embedded (1 process)", report, wall, mb))
+            report, wall = distributed(cfg, Path(tmp) / "distributed", a.workers, pre)
             print(line(f"up, {a.workers} workers (tcp)", report, wall, mb))
 
 

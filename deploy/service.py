@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STAGES = ("capture", "preprocess", "infer", "sink")
 DRAIN_IDLE_S = 5.0  # draining: a stage whose input stays quiet this long stops
+SINK_DRAIN_EXTRA_S = 10.0  # the sink waits this much longer (the dispatcher's last eos)
 
 
 # -- signals -----------------------------------------------------------------------------
@@ -50,8 +51,8 @@ class Signals:
             log.warning("signal %d: draining (again to stop now)", signum)
             self.drain.set()
 
-    def stop_when_idle(self, stats: LoopStats) -> None:
-        """While draining, set ``stop`` once ``stats.received`` has not moved for DRAIN_IDLE_S."""
+    def stop_when_idle(self, stats: LoopStats, idle_s: float = DRAIN_IDLE_S) -> None:
+        """While draining, set ``stop`` once ``stats.received`` has not moved for ``idle_s``."""
 
         def watch() -> None:
             self.drain.wait()
@@ -60,8 +61,8 @@ class Signals:
                 time.sleep(0.2)
                 if stats.received != seen:
                     seen, since = stats.received, time.monotonic()
-                elif time.monotonic() - since > DRAIN_IDLE_S:
-                    log.warning("draining: no input for %.0f s; stopping", DRAIN_IDLE_S)
+                elif time.monotonic() - since > idle_s:
+                    log.warning("draining: no input for %.0f s; stopping", idle_s)
                     self.stop.set()
 
         threading.Thread(target=watch, name="drain-watch", daemon=True).start()
@@ -165,7 +166,9 @@ def serve_sink(sink, inp: str, grace_s: float = 10.0, metrics_port: int = 0, met
     metrics, server = start_metrics("sink", metrics_port, metrics_host)
     receiver = EosHold(Receiver(inp, bind=True), grace_s)
     stats = LoopStats()
-    signals.stop_when_idle(stats)
+    # outwait preprocess, which drains for DRAIN_IDLE_S and then sends the dispatcher's final eos
+    # naming every window it had to give up: the report must hear of them
+    signals.stop_when_idle(stats, DRAIN_IDLE_S + SINK_DRAIN_EXTRA_S)
     done = threading.Event()
     threading.Thread(target=_sink_gauges, args=(sink, metrics, receiver, done), daemon=True).start()
     try:
