@@ -174,6 +174,7 @@ class Dispatcher:
         self._current: list[Frame] = []
         self._next_id = 0
         self._eos: Frame | None = None
+        self._upstream_eos: Frame | None = None  # handed over by send(), taken after the inbox
         self._windows = 0
         self._first_seq: int | None = None
         self._last_seq, self._stream = -1, ""  # of the windows taken: to end a stream cut short
@@ -185,7 +186,15 @@ class Dispatcher:
     # -- the Sender interface (called from the stage loop's thread) -----------------------
 
     def send(self, frame: Frame, timeout_s: float | None = None, stop: threading.Event | None = None) -> bool:
-        """Queue one window (or the eos); blocks while the workers are behind (back-pressure)."""
+        """Queue one window, blocking while the workers are behind (back-pressure); the eos
+        never blocks (it is taken once every window before it is), so a stream with no worker
+        left still ends, and a stopped one still reports what it gave up."""
+        if frame.kind == "eos":
+            if self._done.is_set() or self.failure is not None:
+                return False
+            self._upstream_eos = frame
+            self.sent += 1
+            return True
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             if self._done.is_set() or self.failure is not None:
@@ -229,7 +238,7 @@ class Dispatcher:
                     self._finish(sink)
                     return
                 self._gauges()
-            if self._windows or self._eos is not None or not self._inbox.empty():
+            if self._windows or self._eos is not None or self._upstream_eos is not None or not self._inbox.empty():
                 self._abandon(sink)  # stopped mid-stream: what is unfinished is reported, not lost silently
         except Exception as exc:  # a dead dispatcher must take its process with it, loudly
             self.failure = f"dispatcher thread died: {type(exc).__name__}: {exc}"
@@ -293,10 +302,11 @@ class Dispatcher:
             try:
                 frame = self._inbox.get_nowait()
             except queue.Empty:
-                return
-            if frame.kind == "eos":
-                self._eos = frame
-                self._cut_chunk()
+                # the eos is set after the last window was put: seen, and the inbox still
+                # empty, every window before it has been taken
+                if self._upstream_eos is not None and self._inbox.empty():
+                    self._eos = self._upstream_eos
+                    self._cut_chunk()
                 return
             self._windows += 1
             if self.metrics is not None:
@@ -388,13 +398,12 @@ class Dispatcher:
                 frame = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if frame.kind == "eos":
-                self._eos = self._eos or frame
-            else:
+            if frame.kind != "eos":
                 self._windows += 1
                 self._first_seq = frame.seq if self._first_seq is None else self._first_seq
                 self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
                 self._current.append(frame)
+        self._eos = self._eos or self._upstream_eos
         self._cut_chunk()
         unfinished = [c for w in self._workers.values() for c in w.chunks.values()] + list(self._pending)
         self._pending.clear()

@@ -212,3 +212,36 @@ def test_up_restarts_the_only_worker_when_it_is_killed(tmp_path):
     assert "live preview" not in log and "up: metrics at" in log  # where to look, said at the start
     report = json.loads((out / "report.json").read_text())
     assert rc == 0 and report["gaps"] == [] and report["frames_out"] == frames, log
+
+
+def test_ctrl_c_twice_still_accounts_for_every_frame(tmp_path):
+    """Stopped mid-stream: what the workers had not finished is reported lost, with the reason;
+    nothing the camera sent is missing from both the EXRs and report.json; exit non-zero."""
+    config, out, _ = write_config(tmp_path, 300, workers=1, realtime=False, width=480, height=272)
+    log_path = tmp_path / "up.log"
+    with open(log_path, "w") as log_file:
+        up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
+                              stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while len(exr_stems(out)) < 8 and time.monotonic() < deadline and up.poll() is None:
+                time.sleep(0.05)
+            os.kill(up.pid, signal.SIGINT)  # drain: the camera ends the stream
+            time.sleep(0.5)
+            os.kill(up.pid, signal.SIGINT)  # stop everything
+            rc = up.wait(timeout=120)
+        finally:
+            if up.poll() is None:
+                os.killpg(up.pid, signal.SIGKILL)
+    log = log_path.read_text()
+    report = json.loads((out / "report.json").read_text())
+    assert report["expected"] is not None, log  # the end of stream reached the sink
+    end = report["expected"]["end_seq"]
+    written = [int(s) for s in exr_stems(out)]
+    gaps = [s for first, last in report["gaps"] for s in range(first, last + 1)]
+    assert sorted(written + gaps) == list(range(end)), log
+    assert rc == 1 and report["lost"]["total"] == len(gaps) > 0, log
+    # most are windows the dispatcher gave up; a window preprocess could not hand over any more
+    # when it was stopped is a gap too (never_arrived)
+    assert report["lost"]["worker_failed"] > 0 and "stopped before a worker finished it" in log, log
