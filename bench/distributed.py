@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,11 @@ import time
 from pathlib import Path
 
 from capture.sim import SimCamera, SimConfig
+from deploy.deployment import loopback_graph
 from deploy.pipeline import run_embedded
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def line(name: str, report: dict, wall: float, mb_per_frame: float) -> str:
@@ -55,23 +45,10 @@ def embedded(cfg: SimConfig, out: Path, pre: PreprocessConfig) -> tuple[dict, fl
 
 
 def distributed(cfg: SimConfig, out: Path, workers: int, pre: PreprocessConfig) -> tuple[dict, float]:
-    cap, work, snk = free_ports(3)
+    graph, _ = loopback_graph(workers)
     config = out.parent / f"{out.name}.toml"
     config.write_text(f"""
-[graph]
-workers = {workers}
-capture_out = "@tcp://127.0.0.1:{cap}"
-preprocess_in = ">tcp://127.0.0.1:{cap}"
-work = "@tcp://127.0.0.1:{work}"
-worker_in = ">tcp://127.0.0.1:{work}"
-worker_out = ">tcp://127.0.0.1:{snk}"
-dispatch_sink = ">tcp://127.0.0.1:{snk}"
-sink_in = "@tcp://127.0.0.1:{snk}"
-capture_metrics_port = 0
-preprocess_metrics_port = 0
-sink_metrics_port = 0
-infer_metrics_port = 0
-[sim]
+{graph}[sim]
 width = {cfg.width}
 height = {cfg.height}
 frames = {cfg.frames}

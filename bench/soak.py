@@ -27,7 +27,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from distributed import free_ports  # bench/ is the script's folder
+from deploy.deployment import loopback_graph
 from hdrstream.frame import Frame, ProtocolError, decode, encode
 
 SERVICES = ("capture", "preprocess", "infer", "sink")
@@ -35,22 +35,9 @@ SERVICES = ("capture", "preprocess", "infer", "sink")
 
 def write_config(path: Path, out: Path, frames: int, width: int, height: int, workers: int,
                  outage: tuple[float, float]) -> dict[str, int]:
-    cap, work, sink, m_cap, m_pre, m_sink = free_ports(6)
+    graph, ports = loopback_graph(workers, ("capture", "preprocess", "sink"))
     path.write_text(f"""
-[graph]
-workers = {workers}
-capture_out = "@tcp://127.0.0.1:{cap}"
-preprocess_in = ">tcp://127.0.0.1:{cap}"
-work = "@tcp://127.0.0.1:{work}"
-worker_in = ">tcp://127.0.0.1:{work}"
-worker_out = ">tcp://127.0.0.1:{sink}"
-dispatch_sink = ">tcp://127.0.0.1:{sink}"
-sink_in = "@tcp://127.0.0.1:{sink}"
-capture_metrics_port = {m_cap}
-preprocess_metrics_port = {m_pre}
-sink_metrics_port = {m_sink}
-infer_metrics_port = 0
-[sim]
+{graph}[sim]
 width = {width}
 height = {height}
 frames = {frames}
@@ -71,7 +58,7 @@ out_dir = "{out}"
 preview = false
 video = true
 """)
-    return {"work": work, "sink": sink}
+    return ports
 
 
 # -- malformed messages: the mutations of tests/test_fuzz.py, drawn from a seeded RNG -----------

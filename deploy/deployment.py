@@ -141,3 +141,37 @@ def load(path: str | os.PathLike | None, env: dict[str, str] | None = None) -> D
         raw=raw,
         path=str(Path(path)) if path is not None else None,
     )
+
+
+def loopback_graph(workers: int, metrics: tuple[str, ...] = (), **extra: object) -> tuple[str, dict[str, int]]:
+    """A ``[graph]`` table wiring every service over tcp on 127.0.0.1 at free ports, and the
+    ports: what tests and benchmarks run ``up`` with. ``metrics``: the stages that get a
+    metrics server (at a free port, returned as ``<stage>_metrics``); the rest get none.
+    ``extra``: more ``[graph]`` keys."""
+    import socket
+
+    socks = [socket.socket() for _ in range(3 + len(metrics))]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    free = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    cap, work, sink = free[:3]
+    ports = {"capture": cap, "work": work, "sink": sink}
+    metric_ports = {stage: 0 for stage in ("capture", "preprocess", "sink", "infer")}
+    for stage, port in zip(metrics, free[3:]):
+        metric_ports[stage] = ports[f"{stage}_metrics"] = port
+    lines = [
+        "[graph]",
+        f"workers = {workers}",
+        f'capture_out = "@tcp://127.0.0.1:{cap}"',
+        f'preprocess_in = ">tcp://127.0.0.1:{cap}"',
+        f'work = "@tcp://127.0.0.1:{work}"',
+        f'worker_in = ">tcp://127.0.0.1:{work}"',
+        f'worker_out = ">tcp://127.0.0.1:{sink}"',
+        f'dispatch_sink = ">tcp://127.0.0.1:{sink}"',
+        f'sink_in = "@tcp://127.0.0.1:{sink}"',
+        *(f"{stage}_metrics_port = {port}" for stage, port in metric_ports.items()),
+        *(f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v!r}" for k, v in extra.items()),
+    ]
+    return "\n".join(lines) + "\n", ports

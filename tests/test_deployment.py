@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -15,44 +14,18 @@ import msgpack
 import pytest
 import zmq
 
-from deploy.deployment import Deployment
+from deploy.deployment import Deployment, loopback_graph
 from deploy.deployment import load as load_deployment
 from deploy.dispatch import DispatchConfig
 
 
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def write_config(tmp_path, frames: int, workers: int = 2, realtime: bool = True, width: int = 96, height: int = 64,
                  **dispatch) -> tuple:
-    cap, work, sink, m_pre, m_sink = free_ports(5)
     out = tmp_path / "out"
     d = {"chunk": 4, "heartbeat_s": 0.2, "dead_after_s": 1.5, **dispatch}
+    graph, ports = loopback_graph(workers, ("preprocess", "sink"), sink_grace_s=5.0)
     text = f"""
-[graph]
-workers = {workers}
-capture_out = "@tcp://127.0.0.1:{cap}"
-preprocess_in = ">tcp://127.0.0.1:{cap}"
-work = "@tcp://127.0.0.1:{work}"
-worker_in = ">tcp://127.0.0.1:{work}"
-worker_out = ">tcp://127.0.0.1:{sink}"
-dispatch_sink = ">tcp://127.0.0.1:{sink}"
-sink_in = "@tcp://127.0.0.1:{sink}"
-sink_grace_s = 5.0
-capture_metrics_port = 0
-preprocess_metrics_port = {m_pre}
-sink_metrics_port = {m_sink}
-infer_metrics_port = 0
-[sim]
+{graph}[sim]
 width = {width}
 height = {height}
 frames = {frames}
@@ -69,7 +42,7 @@ video = false
 """
     path = tmp_path / "deploy.toml"
     path.write_text(text)
-    return path, out, {"work": work, "sink": sink, "preprocess_metrics": m_pre, "sink_metrics": m_sink}
+    return path, out, ports
 
 
 def test_shipped_deployment_file_loads_and_env_overrides_it(monkeypatch):
