@@ -308,15 +308,19 @@ class Dispatcher:
                     self._eos = self._upstream_eos
                     self._cut_chunk()
                 return
-            self._windows += 1
-            if self.metrics is not None:
-                self.metrics.frames.inc()
-            self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
-            if self._first_seq is None:
-                self._first_seq = frame.seq
-            self._current.append(frame)
+            self._take(frame)
             if len(self._current) >= self.cfg.chunk:
                 self._cut_chunk()
+
+    def _take(self, window: Frame) -> None:
+        """A window from the inbox into the chunk being filled, and into the stream's books."""
+        self._windows += 1
+        if self.metrics is not None:
+            self.metrics.frames.inc()
+        self._last_seq, self._stream = max(self._last_seq, window.seq), window.stream
+        if self._first_seq is None:
+            self._first_seq = window.seq
+        self._current.append(window)
 
     def _cut_chunk(self) -> None:
         if self._current:
@@ -395,14 +399,9 @@ class Dispatcher:
         stream at the sink with them named, so its report accounts for every seq."""
         while True:  # windows preprocess handed over but not yet cut into chunks
             try:
-                frame = self._inbox.get_nowait()
+                self._take(self._inbox.get_nowait())  # only windows: the eos never enters the inbox
             except queue.Empty:
                 break
-            if frame.kind != "eos":
-                self._windows += 1
-                self._first_seq = frame.seq if self._first_seq is None else self._first_seq
-                self._last_seq, self._stream = max(self._last_seq, frame.seq), frame.stream
-                self._current.append(frame)
         self._eos = self._eos or self._upstream_eos
         self._cut_chunk()
         unfinished = [c for w in self._workers.values() for c in w.chunks.values()] + list(self._pending)

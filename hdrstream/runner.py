@@ -18,9 +18,9 @@ from hdrstream.stage import Source, Stage
 from hdrstream.transport import Receiver, Sender
 
 log = logging.getLogger(__name__)
-EOS_TIMEOUT_S = 30.0
+EOS_TIMEOUT_S = 30.0  # how long a finished loop waits for downstream to take its eos
 BEHIND_S = 1.0  # a source that waited this long in all for downstream says so (once)
-MAX_NAMED = 10_000  # unreadable frames named one by one in an eos; the count covers the rest  # how long a finished loop waits for downstream to take its eos
+MAX_NAMED = 10_000  # unreadable frames or gap ranges listed one by one in an eos
 
 
 @dataclass
@@ -84,6 +84,8 @@ def run_source(
             if metrics is not None:
                 metrics.frames.inc()
                 metrics.processing.observe(time.perf_counter() - t0)
+            if metrics is not None:  # before the send: a stage downstream may handle the frame first
+                metrics.observe_age(frame)
             t_send = time.perf_counter()
             if not sender.send(frame, stop=stop):
                 if metrics is not None:
@@ -98,7 +100,6 @@ def run_source(
             stats.sent += 1
             if metrics is not None:
                 metrics.sent.inc()
-                metrics.observe_age(frame)
     except Exception as exc:  # a camera that vanishes or a folder that breaks mid-way
         stats.failure = f"{type(exc).__name__}: {exc}"
         log.error("source %s failed after %d frames: %s", source.name, stats.sent, stats.failure)
@@ -112,8 +113,7 @@ def run_source(
     unreadable = getattr(source, "unreadable", None)  # frames a folder could not read: skipped, named
     if unreadable:
         meta["unreadable"] = unreadable[:MAX_NAMED]
-        if first_seq is None or unreadable[0]["seq"] < first_seq:
-            meta["first_seq"] = min(unreadable[0]["seq"], meta["first_seq"])
+        meta["first_seq"] = min(meta["first_seq"], unreadable[0]["seq"])
         next_seq = max(next_seq, unreadable[-1]["seq"] + 1)
     source_gaps = getattr(source, "source_gaps", None)  # seqs a camera knows it never delivered
     if source_gaps:

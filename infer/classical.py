@@ -310,7 +310,7 @@ class _Flows:
                 g = cv2.resize(g, self.size, interpolation=cv2.INTER_AREA)
             M = self.mats[i] if self.mats is not None else None
             if M is not None:  # onto the reference, at working size
-                g = warp(g, scaled(M, self.s) if self.s < 1.0 else M, g.shape, interpolation=cv2.INTER_LINEAR)
+                g = warp(g, scaled(M, self.s), g.shape, interpolation=cv2.INTER_LINEAR)
             self._grey[i] = g
         return self._grey[i]
 

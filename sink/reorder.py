@@ -66,13 +66,12 @@ class Reorderer(Generic[T]):
         if seq < self._next:
             # Below the release point: a frame we declared lost, one from before the
             # first frame we saw, or a repeat of something already released.
-            if self._gaps.discard(seq):
-                pass
-            elif seq < self._first and seq not in self._early:
-                self._early.add(seq)
-            else:
-                self.duplicates += 1
-                return None
+            if not self._gaps.discard(seq):
+                if seq < self._first and seq not in self._early:
+                    self._early.add(seq)
+                else:
+                    self.duplicates += 1
+                    return None
             self.late += 1
             return [Released(seq, item, late=True)]
         self._held[seq] = item

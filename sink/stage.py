@@ -236,8 +236,8 @@ class Sink:
             "lost": self._lost(main),
             "expected": None if self._eos_end is None else {"first_seq": self._eos_start, "end_seq": self._eos_end},
             "stream_error": self._stream_error,
-            "failed_seqs": self._failed.ranges(),
-            "unreadable_frames": self._unreadable,  # also in gaps: {seq, file, reason} from the source  # also in gaps: given up after worker failures (see the dispatcher)
+            "failed_seqs": self._failed.ranges(),  # also in gaps: given up after worker failures (see the dispatcher)
+            "unreadable_frames": self._unreadable,  # also in gaps: {seq, file, reason} from the source
             "malformed": {**self._upstream_malformed, **({"sink": dropped.get("malformed", 0)}
                                                          if "sink" not in self._upstream_malformed else {})},
             "latency_ms": self._latency.summary(),  # capture hand-over -> HDR frame at the sink

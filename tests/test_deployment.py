@@ -193,9 +193,11 @@ def test_ctrl_c_twice_still_accounts_for_every_frame(tmp_path):
     config, out, _ = write_config(tmp_path, 300, workers=1, realtime=False, width=480, height=272)
     log_path = tmp_path / "up.log"
     with open(log_path, "w") as log_file:
+        # SIGINT back to its default: a shell's background job (CI, nohup) starts with it ignored
         up = subprocess.Popen([sys.executable, "-m", "deploy.cli", "up", "--config", str(config)],
                               stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120
             while len(exr_stems(out)) < 8 and time.monotonic() < deadline and up.poll() is None:

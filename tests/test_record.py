@@ -218,8 +218,10 @@ print(record(cam, sys.argv[1], RecordConfig(writers=2), progress=False).status)
 def signal_recording(out: Path, sig: int, after_frames: int) -> tuple[int, str]:
     """Record from a live simulated camera in a child process; send ``sig`` once it has
     listed ``after_frames`` frames; return its exit code and stdout."""
+    # SIGINT back to its default: a shell's background job (CI, nohup) starts with it ignored
     child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_CHILD), str(out)], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and child.poll() is None:

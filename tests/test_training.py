@@ -309,6 +309,36 @@ def test_gate_stage_trains_only_the_gate_from_a_network_without_one(tmp_path):
         tiny_cfg(tmp_path, stage="gate")
 
 
+def test_without_refinenet_e2e_trains_coarsenet_and_the_gate_on_what_net_runs(tmp_path):
+    """refine = false: the e2e stage runs CoarseNet on the reference's window and the gate,
+    trains both (RefineNet untouched), and exports weights whose ``net`` stops at CoarseNet."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+
+    torch.manual_seed(0)
+    shipped = HDRNet(NetConfig(exposures=2, width=0.125, prior_per_channel=True, classical_gate=True, refine=False))
+    src = save_weights(shipped, tmp_path / "net.safetensors", {"stage": "gate"})
+    trainer = Trainer(tiny_cfg(tmp_path, stage="e2e", classical_gate=True, refine=False, init=str(src), lr=2e-3,
+                                 val_size=2))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = fixed_batch()
+    out = trainer.forward(trainer.to_device(batch))
+    flows = batch["flows"][:, 1] if "flows" in batch else None
+    want = trainer.model.coarse_forward(batch["ldr"][:, 1:4], batch["expo"][:, 1:4], flows)
+    assert out["coarse"].shape[1] == 1 and "gate" in out
+    assert torch.allclose(out["coarse"][:, 0], want, atol=1e-6)
+    losses = [trainer.train_step(batch)[0] for _ in range(6)]
+    assert all(np.isfinite(losses)) and min(losses[-2:]) < losses[0]
+    after = trainer.model.state_dict()
+    moved = {k.split(".")[0] for k in after if not torch.equal(before[k], after[k])}
+    assert moved == {"coarse", "gate"}
+    val = trainer.validate()
+    assert np.isfinite(val["metric"]) and val["psnr_mu_final"] is not None
+    trainer.export(tmp_path / "out.safetensors", 1.0, val)
+    assert load_weights(tmp_path / "out.safetensors").cfg.refine is False
+    with pytest.raises(ValueError, match="refine = false"):
+        tiny_cfg(tmp_path, stage="coarse", refine=False)
+
+
 def test_paired_difference_tells_a_real_change_from_noise():
     from training.loop import paired_difference
 

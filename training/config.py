@@ -113,6 +113,10 @@ class TrainConfig:
     prior_per_channel: bool = True  # NetConfig.prior_per_channel: saturation roll-off per channel (shipped)
     mask_blend: bool = True  # NetConfig.mask_blend: well-exposed pixels keep the coarse HDR (eq. 4)
     classical_gate: bool = False  # NetConfig.classical_gate: a learned blend with the classical merge
+    # NetConfig.refine: False trains what the shipped ``net`` method runs — CoarseNet on the
+    # reference's window (then the gate, if any); the e2e stage then trains CoarseNet and the
+    # gate together on that output, every pixel counting, at a third of the coarse stage's cost
+    refine: bool = True
     steps: int = 40_000  # total optimiser steps of this stage
     batch_size: int = 8
     lr: float = 1e-4
@@ -143,6 +147,8 @@ class TrainConfig:
     def validate(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {self.stage!r}")
+        if not self.refine and self.stage in ("refine", "coarse"):
+            raise ValueError(f"refine = false trains the network without RefineNet: use stage e2e or gate, not {self.stage}")
         if self.stage == "gate" and not self.classical_gate:
             raise ValueError("the gate stage trains the classical gate: set classical_gate = true")
         if self.exposures not in (2, 3):

@@ -116,7 +116,8 @@ class Trainer:
         self.net_cfg = NetConfig(exposures=cfg.exposures, width=cfg.width, deform_groups=cfg.deform_groups,
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
-                                 prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate)
+                                 prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
+                                 refine=cfg.refine)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -154,7 +155,7 @@ class Trainer:
             # the blend and the prior's roll-off have no weights: they may change between runs;
             # a network without a gate starts one that has its fresh gate
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
-                    "classical_gate": self.net_cfg.classical_gate}
+                    "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine}
             if replace(src.cfg, **free) != self.net_cfg or (src.cfg.classical_gate and not self.net_cfg.classical_gate):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
@@ -218,6 +219,10 @@ class Trainer:
                 wflows = None if flows is None else torch.cat([flows[:, j] for j in range(3)], dim=0)
                 coarse = self.model.coarse_forward(windows, wexpo, wflows).view(3, b, 3, h, w).transpose(0, 1)
                 out = {"coarse": coarse}
+            elif not self.net_cfg.refine:  # what `net` runs: CoarseNet on the reference's window
+                with torch.set_grad_enabled(stage != "gate" and torch.is_grad_enabled()):
+                    hdr = self._centre_coarse(ldr, expo, flows)
+                out = {"coarse": hdr[:, None], "hdr": hdr}
             elif stage == "gate":  # the network is frozen: no graph through it
                 with torch.no_grad():
                     out = self.model(ldr, expo, flows)
@@ -228,6 +233,13 @@ class Trainer:
             merged, conf = self.classical_inputs(ldr, expo)
             out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2])
         return out
+
+    def _centre_coarse(self, ldr: torch.Tensor, expo: torch.Tensor, flows: torch.Tensor | None) -> torch.Tensor:
+        """CoarseNet's HDR of the reference's own window (B, 3, H, W)."""
+        n, k = ldr.shape[1], self.net_cfg.coarse_frames
+        lo = n // 2 - k // 2
+        return self.model.coarse_forward(ldr[:, lo:lo + k], expo[:, lo:lo + k],
+                                         None if flows is None else flows[:, 1])
 
     def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The classical merge (B, 3, H, W) of each window and its confidence (B, 1, H, W),
@@ -296,7 +308,7 @@ class Trainer:
             batch = self.to_device({k: data[k][i:i + self.cfg.val_batch] for k in keys})
             if final:
                 out = self.forward(batch, stage="e2e")
-                coarse, hdr = out["coarse"][:, 1], out["hdr"]
+                coarse, hdr = out["coarse"][:, out["coarse"].shape[1] // 2], out["hdr"]
             else:
                 k = self.net_cfg.coarse_frames
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,

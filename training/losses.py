@@ -129,9 +129,11 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
     if stage == "gate":  # the gated final HDR, every pixel counts (the gate also acts where M = 1)
         terms["gate"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
-        terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], batch["gt"])
+        # without RefineNet only the reference's window runs: "coarse" is (B, 1, 3, H, W)
+        gt = batch["gt"] if out["coarse"].shape[1] == batch["gt"].shape[1] else batch["gt"][:, 1:2]
+        terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], gt)
     if stage in ("refine", "e2e"):
-        if "gate" in out:  # the gate blends everywhere, so M = 1 pixels count too
+        if "gate" in out or "mask" not in out:  # a gate (or no eq. 4 blend) acts everywhere: M = 1 pixels count too
             terms["refine"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
         else:
             terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
