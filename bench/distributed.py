@@ -6,7 +6,7 @@ over) to the sink having the HDR frame; p50/p99 over the stream. Throughput is H
 per second over the whole run, and the camera data rate it sustains (MB/s of raw frames).
 
     .venv/bin/python bench/distributed.py [--sizes 1536x814,4096x2168] [--frames 48] [--workers 2]
-                                          [--defer-warp] [--window-dtype float16]
+                                          [--defer-warp] [--window-dtype float16|codes]
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ pixel_format = "{cfg.pixel_format}"
 realtime = {str(cfg.realtime).lower()}
 fps = {cfg.fps}
 [preprocess]
-defer_warp = {str(pre.defer_warp).lower()}
+defer_warp = {str(pre.deferred).lower()}
 window_dtype = "{pre.window_dtype}"
 [sink]
 out_dir = "{out}"
@@ -77,14 +77,14 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--realtime", action="store_true", help="pace the camera at 30 fps (latency under load)")
     ap.add_argument("--defer-warp", action="store_true", help="preprocess leaves the global warps to the workers")
-    ap.add_argument("--window-dtype", default="float32", choices=("float32", "float16"),
+    ap.add_argument("--window-dtype", default="float32", choices=("float32", "float16", "codes"),
                     help="windows on the wire (and between threads)")
     ap.add_argument("--no-embedded", action="store_true", help="only the distributed graph")
     a = ap.parse_args()
-    pre = PreprocessConfig(defer_warp=a.defer_warp, window_dtype=a.window_dtype)
+    pre = PreprocessConfig(defer_warp=a.defer_warp or None, window_dtype=a.window_dtype)
     print(f"{os.cpu_count()} CPU cores; classical reconstructor; BayerRG8 2-exposure simulated camera; "
           f"{a.frames} frames{' at 30 fps' if a.realtime else ' as fast as it renders'}; windows "
-          f"{a.window_dtype}{', warps deferred to the workers' if a.defer_warp else ''}")
+          f"{a.window_dtype}{', warps deferred to the workers' if pre.deferred else ''}")
     for size in a.sizes.split(","):
         w, h = (int(v) for v in size.split("x"))
         cfg = SimConfig(width=w, height=h, frames=a.frames, pixel_format="BayerRG8", realtime=a.realtime, fps=30.0)

@@ -29,6 +29,7 @@ import numpy as np
 
 from capture.sim import SimCamera, SimConfig
 from hdrstream import quality
+from infer.method import window_frames
 from infer.netrecon import default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
@@ -53,7 +54,7 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
     for w in windows:
         gt = cam.ground_truth(w.seq)
         masks = regions(cam, w)
-        partial = partly_clipped(np.asarray(w.data[w.meta["ref"]]), gt, t_min)
+        partial = partly_clipped(window_frames(w)[w.meta["ref"]], gt, t_min)
         gts.append(gt)
         for hdr in infer.process(w):
             m = hdr.meta["method"]

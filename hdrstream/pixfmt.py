@@ -64,22 +64,27 @@ def pixel_format(name: str) -> PixelFormat:
 def check_layout(fmt: PixelFormat, shape: tuple[int, ...], dtype: np.dtype | str) -> None:
     """Raise ValueError unless an image of ``shape``/``dtype`` can hold ``fmt``.
 
-    Float RGB payloads may carry a leading stack axis (a window of frames).
+    RGB payloads may carry a leading stack axis (a window of frames).
     """
     if np.dtype(dtype) != np.dtype(fmt.dtype):
         raise ValueError(f"{fmt.name} needs dtype {fmt.dtype}, got {np.dtype(dtype).name}")
     if fmt.channels == 1:
         ok = len(shape) == 2
         want = "(H, W)"
-    elif fmt.is_float:
+    else:
         ok = len(shape) in (3, 4) and shape[-1] == 3
         want = "(H, W, 3) or (N, H, W, 3)"
-    else:
-        ok = len(shape) == 3 and shape[-1] == 3
-        want = "(H, W, 3)"
     if not ok:
         raise ValueError(f"{fmt.name} needs shape {want}, got {tuple(shape)}")
     if any(s <= 0 for s in shape):
         raise ValueError(f"empty image shape {tuple(shape)}")
     if fmt.bayer and (shape[0] % 2 or shape[1] % 2):
         raise ValueError(f"{fmt.name} mosaic needs even height and width, got {tuple(shape)}")
+
+
+def unit_values(codes: np.ndarray, white: float) -> np.ndarray:
+    """Integer codes → float32 code values in [0, 1]: ``code · (1/white)``, at most 1 (a
+    container can hold bits above the format's depth). Preprocess decodes frames with it and
+    infer reads windows of codes with it, so both see the same values, bit for bit."""
+    out = np.multiply(codes, np.float32(1.0 / white), dtype=np.float32)
+    return np.minimum(out, np.float32(1.0), out=out)

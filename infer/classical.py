@@ -155,8 +155,9 @@ class ClassicalReconstructor:
         w = self._weight(L_ref, t_ref)
         if _same(t_ref, t_short):
             w += np.float32(1e-6)  # even clipped, the shortest frames are the last resort
-        num = H_ref * w[..., None]
-        den = w
+        num = cv2.multiply(H_ref, _planes3(w))
+        den = w.copy()
+        refs: dict[float, np.ndarray] = {}  # the reference at each brighter exposure, for the ghost test
         for j in nbrs:
             t_j = float(exposures[j])
             if mats is not None and mats[j] is not None:
@@ -165,19 +166,20 @@ class ClassicalReconstructor:
                 L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REPLICATE)
             w = self._weight(L_j, t_j)
-            agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref)
+            agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
             if conf is not None:
                 conf[0] *= agree
-            w *= agree + np.float32(cfg.fallback_weight)
+            agree += np.float32(cfg.fallback_weight)
+            w *= agree
             if _same(t_j, t_short):
                 w += np.float32(1e-6)
-            den = den + w
+            den += w
             w *= np.float32(1.0 / t_j)
-            num += cv2.pow(L_j, 2.2) * w[..., None]  # w · H_j
-        H = num
-        H /= np.maximum(den, np.float32(1e-12))[..., None]
+            cv2.accumulateProduct(cv2.pow(L_j, 2.2), _planes3(w), num)  # num += w · H_j
+        np.maximum(den, np.float32(1e-12), out=den)
+        H = cv2.divide(num, _planes3(den))
         # A clipped reference bounds the radiance from below.
-        np.maximum(H, H_ref * (L_ref >= np.float32(cfg.sat_end)), out=H)
+        np.maximum(H, H_ref, out=H, where=L_ref >= np.float32(cfg.sat_end))
         if M is not None:  # H = M·H_ref + (1 − M)·H_merge
             H_ref -= H
             H_ref *= M
@@ -222,21 +224,43 @@ class ClassicalReconstructor:
     def _weight(self, L: np.ndarray, t: float) -> np.ndarray:
         """t^p times a smooth roll-off to 0 as the brightest channel saturates; (H, W)."""
         cfg = self.cfg
-        x = cv2.cvtColor(L, cv2.COLOR_RGB2HSV)[..., 2]  # V = max(R, G, B), fast
-        x = (np.float32(cfg.sat_end) - x) * np.float32(1.0 / (cfg.sat_end - cfg.sat_start))
+        v = cv2.cvtColor(L, cv2.COLOR_RGB2HSV)[..., 2]  # V = max(R, G, B), fast
+        k = np.float32(1.0 / (cfg.sat_end - cfg.sat_start))
+        x = np.subtract(np.float32(cfg.sat_end), v)  # in place from here: no full-size temporaries
+        x *= k
         np.clip(x, 0.0, 1.0, out=x)
-        return x * x * (np.float32(3.0) - np.float32(2.0) * x) * np.float32(t**cfg.snr_power)
+        y = np.multiply(x, np.float32(-2.0))  # smoothstep x²(3 − 2x), times t^p
+        y += np.float32(3.0)
+        y *= x
+        y *= x
+        y *= np.float32(t**cfg.snr_power)
+        return y
 
-    def _agreement(self, g_j: np.ndarray, g_ref: np.ndarray, t_j: float, t_ref: float) -> np.ndarray:
-        """(H, W): ≈1 where neighbour and reference agree at the brighter exposure, → 0 where not."""
+    def _agreement(self, g_j: np.ndarray, g_ref: np.ndarray, t_j: float, t_ref: float,
+                   refs: dict[float, np.ndarray] | None = None) -> np.ndarray:
+        """(H, W): ≈1 where neighbour and reference agree at the brighter exposure, → 0 where not.
+        ``refs`` caches the exposure-matched reference across the neighbours of one window."""
         cfg = self.cfg
         bright = max(t_ref, t_j)
-        a = np.minimum(g_ref * _up(bright, t_ref), np.float32(1.0))
-        b = np.minimum(g_j * _up(bright, t_j), np.float32(1.0))
+        a = None if refs is None else refs.get(bright)
+        if a is None:
+            a = np.minimum(g_ref * _up(bright, t_ref), np.float32(1.0))
+            if refs is not None:
+                refs[bright] = a
+        b = g_j * _up(bright, t_j)
+        np.minimum(b, np.float32(1.0), out=b)
         d = cv2.blur(cv2.absdiff(a, b), (cfg.ghost_blur_px, cfg.ghost_blur_px))
         # The darker frame's noise, amplified by the exposure match, widens the tolerance.
         d *= np.float32(1.0 / (cfg.ghost_tol * _noise_gain(t_ref, t_j)))
-        return np.exp(-(d * d))
+        d *= d
+        np.negative(d, out=d)
+        return np.exp(d, out=d)
+
+
+def _planes3(x: np.ndarray) -> np.ndarray:
+    """(H, W) → (H, W, 3), each channel a copy: OpenCV's per-element products with an RGB
+    image are several times faster than NumPy's broadcast of ``x[..., None]``."""
+    return cv2.merge((x, x, x))
 
 
 def _resample(L: np.ndarray, m: np.ndarray, moved: np.ndarray | None) -> np.ndarray:
@@ -246,9 +270,12 @@ def _resample(L: np.ndarray, m: np.ndarray, moved: np.ndarray | None) -> np.ndar
     (there a second interpolation smoothed the noise, worth 0.1-0.5 dB on the dynamic split)."""
     out = cv2.remap(L, m, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
     np.clip(out, 0.0, 1.0, out=out)
-    if moved is not None:
-        lin = cv2.remap(L, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        np.copyto(out, lin, where=moved[..., None])
+    if moved is not None:  # bilinear only inside the box around what moved: same pixels, less work
+        x, y, w, h = cv2.boundingRect(moved.view(np.uint8))
+        box = (slice(y, y + h), slice(x, x + w))
+        if w and h:
+            lin = cv2.remap(L, np.ascontiguousarray(m[box]), None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            cv2.copyTo(lin, moved[box].view(np.uint8), out[box])  # in place, in the box
     return out
 
 

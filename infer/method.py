@@ -14,7 +14,9 @@ from typing import Protocol
 import cv2
 import numpy as np
 
+from hdrstream.frame import Frame
 from hdrstream.geometry import warp
+from hdrstream.pixfmt import pixel_format, unit_values
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # autocast of the network methods
 
@@ -44,6 +46,20 @@ def to_hdr(L: np.ndarray, t: float) -> np.ndarray:
     out = cv2.pow(np.asarray(L, np.float32), 2.2)
     out *= np.float32(1.0 / t)
     return out
+
+
+def window_frames(window: Frame) -> np.ndarray:
+    """A window's frames as float32 gamma-2.2 values (N, H, W, 3), whatever crossed the wire:
+    float32 or float16 values, or the frames' own integer codes (``RGB8``, ``RGB12``, ...),
+    read with the helper preprocess decoded them with, so the values are the same bit for
+    bit. Unwarped windows stay unwarped (``apply_warps``)."""
+    fmt = pixel_format(window.pixel_format)
+    data = np.asarray(window.data)
+    if data.ndim != 4 or data.shape[-1] != 3 or data.dtype != np.dtype(fmt.dtype):
+        raise ValueError(f"a {fmt.name} window needs (N, H, W, 3) {fmt.dtype}, got {data.shape} {data.dtype}")
+    if fmt.is_float:
+        return np.asarray(data, np.float32)
+    return unit_values(data, fmt.white)
 
 
 def apply_warps(frames: np.ndarray, warps: Sequence[Sequence[float]], interpolation: str = "cubic") -> np.ndarray:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from hdrstream.frame import Frame
-from infer.method import apply_warps
+from infer.method import apply_warps, window_frames
 from infer.reconstructor import make_reconstructor
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ class InferStage:
                 log.warning("infer ignores %r message seq %d", window.kind, window.seq)
             return []
         meta = window.meta
-        frames = np.asarray(window.data, np.float32)
+        frames = window_frames(window)
         exposures = [float(t) for t in meta["exposures"]]
         ref = int(meta["ref"])
         unwarped = meta.get("warped") is False

@@ -18,7 +18,7 @@ import numpy as np
 
 from hdrstream.crf import CRF
 from hdrstream.frame import Frame
-from hdrstream.pixfmt import check_layout, pixel_format
+from hdrstream.pixfmt import PixelFormat, check_layout, pixel_format, unit_values
 
 # GenICam pattern -> OpenCV VNG demosaic code to RGB.
 _VNG_TO_RGB = {
@@ -76,33 +76,48 @@ def demosaic_deep(raw: np.ndarray, pattern: str, white: int) -> np.ndarray:
     return rgb
 
 
-def to_rgb(frame: Frame) -> np.ndarray:
-    """Frame payload -> float32 (H, W, 3) code values in [0, 1].
+def to_codes(frame: Frame) -> tuple[np.ndarray, str] | None:
+    """Frame payload -> its integer RGB codes (H, W, 3) and their pixel format (``RGB8``,
+    ``RGB12``, ...), where decoding keeps integers: RGB, BGR, mono and 8-bit mosaics (VNG
+    works in 8 bits). None for float payloads and deeper mosaics.
 
     Raises ValueError (``UnknownPixelFormat`` included) for payloads that do not match
     their pixel format, so a caller can count and skip the frame.
     """
-    fmt = pixel_format(frame.pixel_format)
-    data = np.asarray(frame.data)
-    check_layout(fmt, data.shape, data.dtype)
-    if fmt.bayer and fmt.bits == 8:
+    fmt, data = _checked(frame)
+    if fmt.is_float or (fmt.bayer and fmt.bits != 8):
+        return None
+    if fmt.bayer:
         rgb = cv2.cvtColor(np.ascontiguousarray(data), _VNG_TO_RGB[fmt.bayer])
-    elif fmt.bayer:
-        rgb = demosaic_deep(data, fmt.bayer, fmt.white)  # may overshoot: the clip below handles it
     elif fmt.channels == 1:
         rgb = np.repeat(data[:, :, None], 3, axis=2)
     else:
-        if data.ndim != 3:
-            raise ValueError(f"{fmt.name} frame needs shape (H, W, 3), got {data.shape}")
-        rgb = data[:, :, ::-1] if fmt.bgr else data
+        rgb = np.ascontiguousarray(data[:, :, ::-1]) if fmt.bgr else data
+    return rgb, f"RGB{fmt.bits}"
+
+
+def to_rgb(frame: Frame) -> np.ndarray:
+    """Frame payload -> float32 (H, W, 3) code values in [0, 1] (ValueError as ``to_codes``)."""
+    decoded = to_codes(frame)
+    if decoded is not None:
+        codes, name = decoded
+        return unit_values(codes, pixel_format(name).white)
+    fmt, data = _checked(frame)
     if fmt.is_float:  # a float camera may send NaN/inf; nothing downstream wants them
-        out = np.nan_to_num(rgb.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
+        out = np.nan_to_num(data.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         return np.clip(out, 0.0, 1.0, out=out)
-    out = rgb.astype(np.float32, copy=False)
+    out = demosaic_deep(data, fmt.bayer, fmt.white)  # may overshoot at edges: clipped here
     out *= np.float32(1.0 / fmt.white)
-    # Integer payloads can carry bits above the format's depth (e.g. 0xFFFF in a 12-bit
-    # container), and the demosaic can overshoot at edges.
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _checked(frame: Frame) -> tuple[PixelFormat, np.ndarray]:
+    fmt = pixel_format(frame.pixel_format)
+    data = np.asarray(frame.data)
+    check_layout(fmt, data.shape, data.dtype)
+    if fmt.channels == 3 and data.ndim != 3:
+        raise ValueError(f"{fmt.name} frame needs shape (H, W, 3), got {data.shape}")
+    return fmt, data
 
 
 def regamma(code: np.ndarray, crf: CRF) -> np.ndarray:

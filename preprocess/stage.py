@@ -18,8 +18,9 @@ import numpy as np
 from hdrstream.crf import load_crf
 from hdrstream.frame import Frame
 from hdrstream.geometry import IDENTITY, compose, invert, warp
+from hdrstream.pixfmt import pixel_format, unit_values
 from preprocess.align import estimate_similarity
-from preprocess.debayer import regamma, to_rgb
+from preprocess.debayer import regamma, to_codes, to_rgb
 from preprocess.window import ExposureCycle, auto_k, plan_window
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,22 @@ _NO_PIXELS = np.zeros(0, np.uint8)
 @dataclass
 class PreprocessConfig:
     """k: frames each side of the reference (None: 2 for 2 exposures, 3 for 3).
-    crf: ``gamma2.2``, ``gamma<g>`` or a CRF JSON file. window_dtype: float32 | float16.
+    crf: ``gamma2.2``, ``gamma<g>`` or a CRF JSON file.
+
+    window_dtype: ``float32`` (default) | ``float16`` send gamma-2.2 values; ``codes`` sends
+    each window unwarped as its frames' own integer codes (``RGB8``: a quarter of float32's
+    bytes) wherever that is exact — integer cameras with the gamma-2.2 CRF, mosaics up to 8
+    bits — and float32 otherwise (warped windows too: warped codes would be rounded).
+
+    defer_warp: True sends the frames unwarped, each frame's transform in meta["warps"] and
+    meta["warped"] = False; the reconstructor applies them (the classical merge folds them
+    into the flow resampling it does anyway, one interpolation instead of two). None (the
+    default) defers with ``codes`` windows, which cannot be warped without rounding, and
+    warps here otherwise. Deferring takes the costliest work of this stage (a bicubic warp
+    of every neighbour into every window) off the one stage that does not scale out, for
+    graphs with several workers. On one 2-core box it does not pay: the merge's resampling
+    must then be bicubic too, which costs what the warp did (1536x814, embedded pipeline,
+    steady frames/s: RGB8 3.36 -> 3.75, BayerRG8 4.26 -> 3.68 with codes windows).
     """
 
     k: int | None = None
@@ -39,21 +55,19 @@ class PreprocessConfig:
     align: bool = True
     window_dtype: str = "float32"
     interpolation: str = "cubic"  # resampling of the global warp: cubic keeps texture sharp
-    # True: windows carry their frames unwarped, with each frame's transform in meta["warps"]
-    # and meta["warped"] = False; the reconstructor applies them (the classical merge folds
-    # them into its flow resampling). That moves the warping out of this stage, which runs
-    # once per graph, into the inference workers, which scale out; on one 2-core box it does
-    # not pay (1536x814 BayerRG8: preprocess 216 -> 88 ms/frame, classical 263 -> 307, the
-    # embedded pipeline 2.01 -> 1.80 frames/s), so it is off by default.
-    defer_warp: bool = False
+    defer_warp: bool | None = None
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("linear", "cubic"):
             raise ValueError(f"interpolation must be 'linear' or 'cubic', got {self.interpolation!r}")
-        if self.window_dtype not in _WINDOW_FORMATS:
-            raise ValueError(f"window_dtype must be one of {sorted(_WINDOW_FORMATS)}, got {self.window_dtype!r}")
+        if self.window_dtype not in _WINDOW_FORMATS and self.window_dtype != "codes":
+            raise ValueError(f"window_dtype must be codes or one of {sorted(_WINDOW_FORMATS)}, got {self.window_dtype!r}")
         if self.k is not None and self.k < 0:
             raise ValueError(f"k must be >= 0, got {self.k}")
+
+    @property
+    def deferred(self) -> bool:
+        return self.window_dtype == "codes" if self.defer_warp is None else self.defer_warp
 
 
 @dataclass
@@ -62,6 +76,8 @@ class _Entry:
 
     frame: Frame  # the original message's header (pixels dropped: L has them)
     L: np.ndarray  # (H, W, 3) float32 gamma-2.2 values
+    codes: np.ndarray | None  # (H, W, 3) integer codes with L = codes / white, for codes windows
+    codes_format: str | None  # their pixel format (RGB8, RGB12, ...)
     cls: int  # position in the exposure cycle
     link: np.ndarray | None  # 2x3 mapping the previous entry's pixels onto this one's
     prev: int | None  # seq of that previous entry
@@ -86,6 +102,8 @@ class Preprocessor:
     def __init__(self, cfg: PreprocessConfig | None = None) -> None:
         self.cfg = cfg or PreprocessConfig()
         self.crf = load_crf(self.cfg.crf)
+        # codes are L only with the gamma-2.2 CRF, and only unwarped frames keep them exact
+        self._codes = self.cfg.window_dtype == "codes" and self.crf.is_gamma22 and self.cfg.deferred
         self.counts = Counters()
         self._interp = cv2.INTER_CUBIC if self.cfg.interpolation == "cubic" else cv2.INTER_LINEAR
         self._reset()
@@ -113,7 +131,11 @@ class Preprocessor:
         try:
             if not (math.isfinite(frame.exposure_s) and frame.exposure_s > 0):
                 raise ValueError(f"exposure_s must be positive, got {frame.exposure_s}")
-            L = regamma(to_rgb(frame), self.crf)
+            decoded = to_codes(frame) if self._codes else None
+            if decoded is not None:  # the same values as to_rgb, and the codes kept for the window
+                L = unit_values(decoded[0], pixel_format(decoded[1]).white)
+            else:
+                L = regamma(to_rgb(frame), self.crf)
         except (ValueError, KeyError) as exc:
             self.counts.bad_frames += 1
             log.error("dropping frame %d: cannot decode %s payload: %s", frame.seq, frame.pixel_format, exc)
@@ -123,7 +145,7 @@ class Preprocessor:
             log.warning("frame size changed %s -> %s at seq %d: flushing and restarting", self._shape, L.shape, frame.seq)
             out += self.finish()
         self._shape = L.shape
-        self._add(frame, L, t0)
+        self._add(frame, L, decoded, t0)
         out += self._emit_ready(final=False)
         return out
 
@@ -135,7 +157,7 @@ class Preprocessor:
 
     # -- internals ------------------------------------------------------------------
 
-    def _add(self, frame: Frame, L: np.ndarray, t0: float) -> None:
+    def _add(self, frame: Frame, L: np.ndarray, decoded: tuple[np.ndarray, str] | None, t0: float) -> None:
         cls = self._cycle.observe(frame.seq, frame.exposure_s, frame.set)
         prev = self._buf.get(self._last_seq) if self._last_seq is not None else None
         link = None
@@ -145,7 +167,8 @@ class Preprocessor:
                 self.counts.align_failures += 1
                 log.debug("frames %d -> %d: no global alignment", prev.frame.seq, frame.seq)
         self._buf[frame.seq] = _Entry(
-            frame=replace(frame, data=_NO_PIXELS), L=L, cls=cls, link=link, prev=prev.frame.seq if prev else None,
+            frame=replace(frame, data=_NO_PIXELS), L=L, codes=decoded[0] if decoded else None,
+            codes_format=decoded[1] if decoded else None, cls=cls, link=link, prev=prev.frame.seq if prev else None,
             cost_s=time.perf_counter() - t0,
         )
         self.counts.frames += 1
@@ -183,12 +206,19 @@ class Preprocessor:
         cycle = self._cycle.info()
         seqs = plan_window(ref, k, {s: e.cls for s, e in self._buf.items()}, cycle)
         r = self._buf[ref]
-        dtype = np.dtype(self.cfg.window_dtype)
+        entries = [self._buf[s] for s in seqs]
+        fmt = entries[0].codes_format
+        if fmt is None or any(e.codes_format != fmt for e in entries):  # float windows
+            fmt = _WINDOW_FORMATS.get(self.cfg.window_dtype, "RGBf32")
+        dtype = np.dtype(pixel_format(fmt).dtype)
+        deferred = self.cfg.deferred
         data = np.empty((len(seqs), *r.L.shape), dtype)
         warps = []
         for i, s in enumerate(seqs):
             M = self._transform(s, ref)
-            if self.cfg.defer_warp:
+            if dtype.kind == "u":
+                data[i] = self._buf[s].codes
+            elif deferred:
                 data[i] = self._buf[s].L
             elif dtype == np.float32:
                 warp(self._buf[s].L, M, r.L.shape, out=data[i], interpolation=self._interp)
@@ -205,14 +235,14 @@ class Preprocessor:
             "exposures": [float(self._buf[s].frame.exposure_s) for s in seqs],
             "seqs": seqs,
             "warps": warps,
-            "warped": not self.cfg.defer_warp,
+            "warped": not deferred,
             "warp_interpolation": self.cfg.interpolation,
             "t_min": float(cycle.t_min),
             "timing": {**f.meta.get("timing", {}), "preprocess": spent},
         }
         return Frame(
             kind="window", stream=f.stream, seq=f.seq, t_ns=f.t_ns, exposure_s=f.exposure_s,
-            gain_db=f.gain_db, pixel_format=_WINDOW_FORMATS[self.cfg.window_dtype], data=data,
+            gain_db=f.gain_db, pixel_format=fmt, data=data,
             set=f.set, meta=meta,
         )
 

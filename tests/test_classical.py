@@ -233,14 +233,15 @@ def _windows(defer: bool, fmt: str = "RGB8", seed: int = 3):
 
 def test_deferred_warps_give_other_methods_the_same_pixels_as_warping_in_preprocess():
     """apply_warps is preprocess's own warp: the network and the reference see identical windows."""
-    from infer.method import apply_warps
+    from infer.method import apply_warps, window_frames
 
     warped, _ = _windows(defer=False)
     deferred, _ = _windows(defer=True)
     assert any(not np.allclose(w.meta["warps"], [1, 0, 0, 0, 1, 0]) for w in warped)  # the camera moved
     for a, b in zip(warped, deferred, strict=True):
         assert a.meta["warped"] is True and b.meta["warped"] is False
-        np.testing.assert_array_equal(apply_warps(b.data, b.meta["warps"], b.meta["warp_interpolation"]), a.data)
+        np.testing.assert_array_equal(apply_warps(window_frames(b), b.meta["warps"], b.meta["warp_interpolation"]),
+                                      a.data)
 
 
 @pytest.mark.parametrize("fmt", ["RGB8", "BayerRG8"])

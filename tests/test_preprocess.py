@@ -8,6 +8,7 @@ import pytest
 
 from hdrstream.crf import load_crf, save_crf
 from hdrstream.frame import Frame, decode, encode
+from infer.method import apply_warps, window_frames
 from preprocess.debayer import demosaic_mhc, regamma, to_rgb
 from preprocess.stage import PreprocessConfig, Preprocessor
 from preprocess.window import ExposureCycle, auto_k, plan_window
@@ -157,7 +158,7 @@ def run(pp, frames):
 
 def source_seq(window: Frame, slot: int) -> int:
     """Which seq's pixels are in a slot (pixels encode seq, see ``stream``)."""
-    value = round(float(window.data[slot, 0, 0, 0]) * 255)
+    value = round(float(window_frames(window)[slot, 0, 0, 0]) * 255)
     return window.meta["seqs"][slot] if (window.meta["seqs"][slot] * 7) % 250 + 1 == value else -1
 
 
@@ -170,7 +171,7 @@ def test_every_frame_gets_exactly_one_window(exps, use_set):
     k = len(exps)  # auto: 2 for 2 exposures, 3 for 3
     n = 2 * k + 1
     for w in wins:
-        assert w.kind == "window" and w.pixel_format == "RGBf32"
+        assert w.kind == "window" and w.pixel_format == "RGBf32" and w.meta["warped"] is True
         assert w.data.shape == (n, 8, 12, 3) and w.data.dtype == np.float32
         assert w.meta["ref"] == k and len(w.meta["seqs"]) == n
         assert w.meta["t_min"] == pytest.approx(min(exps) * 1e-3)
@@ -245,6 +246,48 @@ def test_window_round_trips_through_the_protocol():
     assert back.meta["stem"] == "img_01" and back.meta["ref"] == 2
     assert back.meta["timing"]["capture"] == 0.01 and back.meta["timing"]["preprocess"] > 0
     assert len(back.meta["warps"]) == 5 and all(len(m) == 6 for m in back.meta["warps"])
+
+
+@pytest.mark.parametrize("fmt", ["RGB8", "BayerRG8", "RGB12", "Mono8", "BGR8"])
+def test_codes_windows_carry_the_same_values_in_a_quarter_of_the_bytes(fmt):
+    """A codes window is the frames' own codes, unwarped: read back, they are the float32
+    window's values bit for bit, and warped as preprocess would have, its warped window."""
+    from capture.sim import SimCamera, SimConfig
+
+    from dataclasses import replace
+
+    cfg = SimConfig(width=48, height=32, frames=6, pixel_format=fmt if fmt in ("RGB8", "BayerRG8", "RGB12") else "RGB8",
+                    seed=2)
+    frames = list(SimCamera(cfg).frames())
+    if fmt == "BGR8":
+        frames = [replace(f, pixel_format=fmt, data=np.ascontiguousarray(f.data[:, :, ::-1])) for f in frames]
+    elif fmt == "Mono8":
+        frames = [replace(f, pixel_format=fmt, data=np.ascontiguousarray(f.data[:, :, 1])) for f in frames]
+    codes = run(Preprocessor(PreprocessConfig(window_dtype="codes")), frames)
+    floats = run(Preprocessor(PreprocessConfig(window_dtype="float32", defer_warp=True)), frames)
+    warped = run(Preprocessor(PreprocessConfig(window_dtype="float32")), frames)
+    want_fmt = "RGB12" if fmt == "RGB12" else "RGB8"
+    for c, f, w in zip(codes, floats, warped):
+        assert c.pixel_format == want_fmt and c.data.dtype == (np.uint16 if fmt == "RGB12" else np.uint8)
+        assert c.meta["warped"] is False and w.meta["warped"] is True and c.meta["warps"] == w.meta["warps"]
+        np.testing.assert_array_equal(window_frames(c), f.data)
+        np.testing.assert_array_equal(apply_warps(window_frames(decode(encode(c))), c.meta["warps"]), w.data)
+
+
+def test_codes_fall_back_to_float_where_they_are_not_the_values():
+    """Deeper mosaics (demosaiced in float) and a calibrated CRF send float32 windows, and a
+    window that must be warped here is never rounded to codes."""
+    from dataclasses import replace
+
+    from capture.sim import SimCamera, SimConfig
+
+    deep = list(SimCamera(SimConfig(width=48, height=32, frames=5, pixel_format="BayerRG12")).frames())
+    codes = PreprocessConfig(window_dtype="codes")
+    assert {w.pixel_format for w in run(Preprocessor(codes), deep)} == {"RGBf32"}
+    rgb = list(SimCamera(SimConfig(width=48, height=32, frames=5)).frames())
+    assert {w.pixel_format for w in run(Preprocessor(replace(codes, crf="gamma2.0")), rgb)} == {"RGBf32"}
+    warped = run(Preprocessor(replace(codes, defer_warp=False)), rgb)
+    assert {(w.pixel_format, w.meta["warped"]) for w in warped} == {("RGBf32", True)}
 
 
 def test_bad_frames_are_counted_and_skipped(caplog):

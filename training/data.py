@@ -475,7 +475,7 @@ def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> lis
     from preprocess.stage import PreprocessConfig, Preprocessor
 
     cam = SimCamera(cfg)
-    pre = Preprocessor(PreprocessConfig())
+    pre = Preprocessor(PreprocessConfig(window_dtype="float32", defer_warp=False))  # aligned L, as trained on
     n = frames_for(cfg.exposures)
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
     windows = [w for w in windows if len(set(w.meta["seqs"])) == n and w.meta["ref"] == n // 2][::2][:count]

@@ -21,6 +21,7 @@ import numpy as np
 
 from capture.sim import SimCamera, SimConfig
 from hdrstream.frame import Frame
+from hdrstream.pixfmt import pixel_format
 
 SPLITS = ("static", "dynamic")
 SEED0 = {"static": 1000, "dynamic": 2000}
@@ -60,7 +61,6 @@ def regions(cam: SimCamera, window: Frame) -> dict[str, np.ndarray]:
         np.maximum(cover, cam.occluder_alpha(s), out=cover)
     k = 2 * MOTION_DILATE_PX + 1
     motion = cv2.dilate((cover > 0.01).astype(np.uint8), np.ones((k, k), np.uint8)) > 0
-    ref = np.asarray(window.data[window.meta["ref"]])
-    top = np.iinfo(ref.dtype).max if ref.dtype.kind in "ui" else 1.0
-    clipped = (ref.max(axis=2) >= CLIP_LEVEL * top) & ~motion
+    ref = np.asarray(window.data[window.meta["ref"]])  # gamma-2.2 values or the frame's codes
+    clipped = (ref.max(axis=2) >= CLIP_LEVEL * pixel_format(window.pixel_format).white) & ~motion
     return {"motion": motion, "clipped": clipped, "rest": ~motion & ~clipped}
