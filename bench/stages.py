@@ -23,6 +23,7 @@ import numpy as np
 
 from capture.sim import SimCamera, SimConfig
 from deploy.pipeline import run_embedded
+from hdrstream.memory import keep_freed_memory
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig
@@ -88,11 +89,17 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
         print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
         if a.no_pipeline:
             return
+        stamps: list[float] = []
         t0 = time.perf_counter()
         run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage(method="classical"),
-                                      Sink(SinkConfig(out_dir=tmp + "/p", video=False))])
+                                      Sink(SinkConfig(out_dir=tmp + "/p", video=False))],
+                     on_output=lambda _: stamps.append(time.perf_counter()))
         dt = time.perf_counter() - t0
         print(f"  embedded pipeline      {1e3 * dt / a.frames:7.1f} ms/frame  ({a.frames / dt:.2f} frames/s, threads overlap stages)")
+        k = len(stamps) // 4  # steady state: from the first quarter of the outputs on (no start-up, no drain)
+        if len(stamps) - k >= 3:
+            rate = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k])
+            print(f"  ... steady state       {1e3 / rate:7.1f} ms/frame  ({rate:.2f} frames/s over outputs {k}..{len(stamps) - 1})")
 
 
 def main() -> None:
@@ -106,6 +113,7 @@ def main() -> None:
                     help="print the N functions with the most own time per stage (default 12)")
     ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
     a = ap.parse_args()
+    keep_freed_memory()  # as the hdrstream command does
     global PROFILE_TOP
     PROFILE_TOP = a.profile
     for fmt in a.formats.split(","):

@@ -12,6 +12,8 @@ import logging
 import sys
 from pathlib import Path
 
+from hdrstream.memory import keep_freed_memory
+
 log = logging.getLogger("hdrstream")
 
 METHODS = ("classical", "reference", "net", "net-refine", "coarse")
@@ -300,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    keep_freed_memory()  # before any stage thread starts
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, NotImplementedError, OSError) as exc:

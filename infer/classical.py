@@ -155,7 +155,8 @@ class ClassicalReconstructor:
         w = self._weight(L_ref, t_ref)
         if _same(t_ref, t_short):
             w += np.float32(1e-6)  # even clipped, the shortest frames are the last resort
-        num = cv2.multiply(H_ref, _planes3(w))
+        w3 = _planes3(w)  # reused for every neighbour's weights: one full-size buffer a window
+        num = cv2.multiply(H_ref, w3)
         den = w.copy()
         refs: dict[float, np.ndarray] = {}  # the reference at each brighter exposure, for the ghost test
         for j in nbrs:
@@ -175,9 +176,9 @@ class ClassicalReconstructor:
                 w += np.float32(1e-6)
             den += w
             w *= np.float32(1.0 / t_j)
-            cv2.accumulateProduct(cv2.pow(L_j, 2.2), _planes3(w), num)  # num += w · H_j
+            cv2.accumulateProduct(cv2.pow(L_j, 2.2), _planes3(w, w3), num)  # num += w · H_j
         np.maximum(den, np.float32(1e-12), out=den)
-        H = cv2.divide(num, _planes3(den))
+        H = cv2.divide(num, _planes3(den, w3), dst=num)
         # A clipped reference bounds the radiance from below.
         np.maximum(H, H_ref, out=H, where=L_ref >= np.float32(cfg.sat_end))
         if M is not None:  # H = M·H_ref + (1 − M)·H_merge
@@ -257,10 +258,10 @@ class ClassicalReconstructor:
         return np.exp(d, out=d)
 
 
-def _planes3(x: np.ndarray) -> np.ndarray:
-    """(H, W) → (H, W, 3), each channel a copy: OpenCV's per-element products with an RGB
-    image are several times faster than NumPy's broadcast of ``x[..., None]``."""
-    return cv2.merge((x, x, x))
+def _planes3(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W) → (H, W, 3), each channel a copy (into ``out`` if given): OpenCV's per-element
+    products with an RGB image are several times faster than NumPy's broadcast of ``x[..., None]``."""
+    return cv2.merge((x, x, x), dst=out)
 
 
 def _resample(L: np.ndarray, m: np.ndarray, moved: np.ndarray | None) -> np.ndarray:

@@ -121,6 +121,18 @@ class ThumbnailSampler:
         return [(self._kept[i][1], self._kept[i][2]) for i in picks]
 
 
+def display_copy(rgb: np.ndarray, max_width: int = MAX_VIDEO_WIDTH) -> np.ndarray:
+    """HDR (H, W, 3) as float32, area-averaged down to at most ``max_width`` wide: previews
+    are tone-mapped and encoded at the size they are looked at (1536x813: ~60 -> ~25 ms a
+    frame for the tone map and the PNG), never at the EXR's."""
+    h, w = rgb.shape[:2]
+    x = np.asarray(rgb, np.float32)
+    if w <= max_width:
+        return np.ascontiguousarray(x)
+    size = (max_width, max(1, round(h * max_width / w)))
+    return cv2.resize(x, size, interpolation=cv2.INTER_AREA)
+
+
 def thumbnail(rgb8: np.ndarray, width: int = 320) -> np.ndarray:
     h, w = rgb8.shape[:2]
     if w <= width:

@@ -36,7 +36,7 @@ from hdrstream import hdrio
 from hdrstream.frame import Frame
 from hdrstream.seqranges import SeqRanges
 from sink.lanes import Lanes
-from sink.preview import ThumbnailSampler, VideoPreview, thumbnail, write_contact_sheet
+from sink.preview import ThumbnailSampler, VideoPreview, display_copy, thumbnail, write_contact_sheet
 from sink.reorder import Released, Reorderer
 from sink.report import QualityTracker, Stats, Timings, summary_text
 from sink.tonemap import ReinhardToneMapper
@@ -419,7 +419,7 @@ class Sink:
         live = in_video and self._web is not None and r.item.web is not None
         rgb8 = None
         if self.cfg.preview or (in_video and self._video is not None):
-            rgb8 = m.tonemap(r.item.rgb)
+            rgb8 = m.tonemap(display_copy(r.item.rgb))
             if self.cfg.preview:
                 hdrio.write_png(self._dir_for(m.name) / "preview" / f"{r.item.stem}.png", rgb8)
             if in_video and self._video is not None:

@@ -261,3 +261,28 @@ def test_folding_the_warp_into_the_flow_keeps_the_classical_output(fmt):
         new.append(psnr_mu(stage.process(b)[0].data, gt, t_min))
     assert max(abs(x - y) for x, y in zip(old, new)) < 0.4, (old, new)
     assert abs(np.mean(old) - np.mean(new)) < 0.1
+
+
+def test_the_merge_arithmetic_is_its_plain_numpy_formula():
+    """The merge's speed tricks (OpenCV products with a 3-plane copy instead of NumPy's
+    ``[..., None]`` broadcast, in-place arithmetic, the matched reference cached per window)
+    keep the formulas: equal within 2e-6 relative (float32 rounding order)."""
+    import cv2
+
+    from infer.classical import _noise_gain, _planes3, _up
+
+    rng = np.random.default_rng(5)
+    rec = ClassicalReconstructor()
+    cfg = rec.cfg
+    L = rng.random((40, 60, 3), np.float32)
+    x = np.clip((cfg.sat_end - L.max(axis=2)) / (cfg.sat_end - cfg.sat_start), 0, 1)
+    np.testing.assert_allclose(rec._weight(L, 8.0), x * x * (3 - 2 * x) * 8.0**cfg.snr_power, rtol=2e-6, atol=1e-7)
+    g_ref, g_j = rng.random((2, 40, 60), np.float32)
+    a = np.minimum(g_ref * _up(8.0, 1.0), 1.0)
+    b = np.minimum(g_j * _up(8.0, 8.0), 1.0)
+    d = cv2.blur(np.abs(a - b), (cfg.ghost_blur_px, cfg.ghost_blur_px)) / (cfg.ghost_tol * _noise_gain(1.0, 8.0))
+    refs: dict = {}
+    for _ in range(2):  # the second call takes the cached reference
+        np.testing.assert_allclose(rec._agreement(g_j, g_ref, 8.0, 1.0, refs), np.exp(-d * d), rtol=2e-6, atol=1e-7)
+    w = rng.random((40, 60), np.float32)
+    np.testing.assert_array_equal(cv2.multiply(L, _planes3(w)), L * w[..., None])

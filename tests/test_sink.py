@@ -302,6 +302,15 @@ def test_previews_video_and_contact_sheet(tmp_path, background):
     assert cap.isOpened() and sum(1 for _ in iter(lambda: cap.read()[0], False)) == 20
 
 
+def test_previews_are_tone_mapped_at_display_size(tmp_path):
+    """A frame wider than a display gets a PNG preview at most 960 px wide (area-averaged,
+    aspect kept); the EXR keeps every pixel."""
+    run(Sink(SinkConfig(tmp_path, video=False)), [hdr(s, scene(s, 300, 1200)) for s in range(3)], end=3)
+    png = cv2.imread(str(tmp_path / "preview" / "000001.png"), cv2.IMREAD_UNCHANGED)
+    assert png.shape == (240, 960, 3)
+    assert hdrio.read_exr(tmp_path / "000001.exr").shape == (300, 1200, 3)
+
+
 def test_contact_sheet_written_when_previews_off_and_video_fails(tmp_path, monkeypatch):
     class Broken:
         def __init__(self, *a):
