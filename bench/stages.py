@@ -5,10 +5,12 @@ frame), for RGB8 and BayerRG8 camera output; the pipelined run shows what overla
 the stages on threads buys.
 
     .venv/bin/python bench/stages.py [--width 1536 --height 813 --frames 12] [--exposures 2]
-                                     [--profile [N]]
+                                     [--profile [N]] [--scale S]
 
 ``--profile`` adds, per stage, the N functions with the most own time (cProfile; the
 stage's frames after the warm-up one), so the figures say where each stage's time goes.
+The pipeline's figure is the whole run (start-up and drain included) and its steady state;
+use --frames 40 or more for the latter. ``--scale`` times the reduced live mode.
 """
 from __future__ import annotations
 
@@ -68,12 +70,13 @@ def ms(times) -> str:
 def bench(fmt: str, a: argparse.Namespace) -> None:
     height = a.height + (a.height % 2 if fmt.startswith("Bayer") else 0)  # a mosaic has even rows
     cfg = SimConfig(width=a.width, height=height, frames=a.frames, exposures=a.exposures, pixel_format=fmt)
-    print(f"\n{fmt} in, {a.width}x{height}, {a.exposures} exposures, {a.frames} frames")
+    print(f"\n{fmt} in, {a.width}x{height}, {a.exposures} exposures, {a.frames} frames"
+          + (f", reconstructed at scale {a.scale:g}" if a.scale < 1 else ""))
     cam = SimCamera(cfg)
     it = iter(cam.frames())
     frames, t_cap = timed(lambda _: [next(it)], range(a.frames), "capture")
     print(f"  capture (sim render)   {ms(t_cap)}")
-    pre = Preprocessor(PreprocessConfig())
+    pre = Preprocessor(PreprocessConfig(scale=a.scale))
     windows, t_pre = timed(pre.process, frames, "preprocess")
     windows += list(pre.finish())
     print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
@@ -91,7 +94,7 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
             return
         stamps: list[float] = []
         t0 = time.perf_counter()
-        run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig()), InferStage(method="classical"),
+        run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig(scale=a.scale)), InferStage(method="classical"),
                                       Sink(SinkConfig(out_dir=tmp + "/p", video=False))],
                      on_output=lambda _: stamps.append(time.perf_counter()))
         dt = time.perf_counter() - t0
@@ -112,6 +115,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="N",
                     help="print the N functions with the most own time per stage (default 12)")
     ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
+    ap.add_argument("--scale", type=float, default=1.0, help="the reduced live mode (hdrstream live --scale)")
     a = ap.parse_args()
     keep_freed_memory()  # as the hdrstream command does
     global PROFILE_TOP

@@ -32,6 +32,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
     add_network_args(g)
     g.add_argument("--crf", default="gamma2.2", help="inverse CRF: gamma2.2 or a CRF JSON file")
     g.add_argument("--no-align", action="store_true", help="skip global similarity alignment")
+    g.add_argument("--scale", type=float, default=1.0,
+                   help="reduced live mode: reconstruct at this fraction of the camera's resolution (e.g. 0.5: "
+                        "~4x less work a frame); the report and the summary say so")
     g.add_argument("--no-preview", action="store_true", help="no per-frame PNG previews or video")
 
 
@@ -50,7 +53,7 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     compare = [m for m in args.compare.split(",") if m and m != args.method]
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     stages = [
-        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align)),
+        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
         InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
                    tile=args.tile),
         Sink(SinkConfig(

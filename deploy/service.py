@@ -249,6 +249,7 @@ def add_service_parsers(sub) -> None:
     p.add_argument("--sink", default=g.dispatch_sink, help="the sink, for the end of stream")
     p.add_argument("--crf", default="gamma2.2")
     p.add_argument("--no-align", action="store_true")
+    p.add_argument("--scale", type=float, default=1.0, help="reduced live mode (see hdrstream live --help)")
     p.add_argument("--chunk", type=int, default=4, help="consecutive windows per unit of work")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics on this port (0: off)")
     p.set_defaults(func=_flags_preprocess)
@@ -295,7 +296,7 @@ def _flags_preprocess(args: argparse.Namespace) -> int:
     from deploy.dispatch import DispatchConfig
     from preprocess.stage import PreprocessConfig, Preprocessor
 
-    stage = Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align))
+    stage = Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale))
     return serve_preprocess(stage, args.inp, args.out, args.sink, DispatchConfig(chunk=args.chunk),
                             metrics_port=args.metrics_port)
 

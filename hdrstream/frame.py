@@ -232,6 +232,7 @@ _META_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         isinstance(r, list) and len(r) == 2 and _is_int(r[0]) and _is_int(r[1]) and r[0] <= r[1] for r in v),
         "a list of [first, last] seq ranges"),
     "warped": (lambda v: isinstance(v, bool), "true or false"),
+    "scale": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
     "warp_interpolation": (lambda v: v in ("linear", "cubic"), "linear or cubic"),
     "malformed": (lambda v: isinstance(v, dict) and len(v) <= 64
                   and all(isinstance(k, str) and _is_int(n) for k, n in v.items()), "a map of stage -> count"),

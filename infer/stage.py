@@ -13,7 +13,8 @@ from infer.reconstructor import make_reconstructor
 
 log = logging.getLogger(__name__)
 
-CARRIED = ("wall_ns", "clock")  # capture-time stamps the sink and metrics measure latency from
+# capture-time stamps the sink and metrics measure latency from; the reduced live mode's scale
+CARRIED = ("wall_ns", "clock", "scale")
 
 
 class InferStage:

@@ -53,6 +53,10 @@ class PreprocessConfig:
     k: int | None = None
     crf: str = "gamma2.2"
     align: bool = True
+    # < 1: a reduced live mode. Each frame is area-averaged down by this factor right after
+    # decoding, so every later step (alignment, the merge, EXR) costs ~scale² as much; the
+    # windows and HDR frames say so in meta["scale"], and the sink's report and summary too.
+    scale: float = 1.0
     window_dtype: str = "float32"
     interpolation: str = "cubic"  # resampling of the global warp: cubic keeps texture sharp
     defer_warp: bool | None = None
@@ -64,6 +68,8 @@ class PreprocessConfig:
             raise ValueError(f"window_dtype must be codes or one of {sorted(_WINDOW_FORMATS)}, got {self.window_dtype!r}")
         if self.k is not None and self.k < 0:
             raise ValueError(f"k must be >= 0, got {self.k}")
+        if not 0.05 <= self.scale <= 1.0:
+            raise ValueError(f"scale must be in [0.05, 1], got {self.scale}")
 
     @property
     def deferred(self) -> bool:
@@ -103,7 +109,8 @@ class Preprocessor:
         self.cfg = cfg or PreprocessConfig()
         self.crf = load_crf(self.cfg.crf)
         # codes are L only with the gamma-2.2 CRF, and only unwarped frames keep them exact
-        self._codes = self.cfg.window_dtype == "codes" and self.crf.is_gamma22 and self.cfg.deferred
+        self._codes = (self.cfg.window_dtype == "codes" and self.crf.is_gamma22 and self.cfg.deferred
+                       and self.cfg.scale == 1.0)  # and scaled frames are not codes any more
         self.counts = Counters()
         self._interp = cv2.INTER_CUBIC if self.cfg.interpolation == "cubic" else cv2.INTER_LINEAR
         self._reset()
@@ -136,6 +143,10 @@ class Preprocessor:
                 L = unit_values(decoded[0], pixel_format(decoded[1]).white)
             else:
                 L = regamma(to_rgb(frame), self.crf)
+            if self.cfg.scale < 1.0:
+                h, w = L.shape[:2]
+                size = (max(1, round(w * self.cfg.scale)), max(1, round(h * self.cfg.scale)))
+                L = cv2.resize(L, size, interpolation=cv2.INTER_AREA)
         except (ValueError, KeyError) as exc:
             self.counts.bad_frames += 1
             log.error("dropping frame %d: cannot decode %s payload: %s", frame.seq, frame.pixel_format, exc)
@@ -238,6 +249,7 @@ class Preprocessor:
             "warped": not deferred,
             "warp_interpolation": self.cfg.interpolation,
             "t_min": float(cycle.t_min),
+            **({"scale": self.cfg.scale} if self.cfg.scale < 1.0 else {}),
             "timing": {**f.meta.get("timing", {}), "preprocess": spent},
         }
         return Frame(

@@ -135,6 +135,7 @@ class Sink:
         self._max_seq: int | None = None  # highest seq of any hdr frame: judges an eos's plausibility
         self._upstream_malformed: dict[str, int] = {}  # per stage, carried by the eos
         self._unreadable: list[dict[str, Any]] = []  # frames the source could not read (eos)
+        self._scale: float | None = None  # the reduced live mode's factor, from the frames' meta
         self._source_gaps = SeqRanges()  # frames the camera never delivered (outage), from the eos
         self._latency = Stats()  # ms from the camera handing a frame over to its HDR frame here
         self.frames_in = 0
@@ -243,6 +244,7 @@ class Sink:
             "latency_ms": self._latency.summary(),  # capture hand-over -> HDR frame at the sink
             "wall_s": round(wall, 4),
             "throughput_fps": round(main_out / wall, 3) if wall > 0 else 0.0,
+            "scale": self._scale,  # the reduced live mode's factor of the camera's resolution; None: full size
             "timing_ms": {**(methods[self._main]["timing_ms"] if main else {}), **self._process_ms.summary()},
             "quality": methods[self._main]["quality"] if main else None,
             "methods": methods,
@@ -309,6 +311,11 @@ class Sink:
         item = _Item(stem, rgb, _t_min(frame), frame.meta.get("timing"), _web_info(frame) if self._web else None)
         m = self._method(method)
         m.frames_in += 1
+        scale = frame.meta.get("scale")
+        if isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale != self._scale:
+            if self._scale is None:
+                log.warning("sink: reduced live mode: frames reconstructed at %g of the camera's resolution", scale)
+            self._scale = float(scale)
         wall = frame.meta.get("wall_ns")
         if method == self._main and isinstance(wall, int) and not isinstance(wall, bool) and wall > 0:
             self._latency.add((time.time_ns() - wall) / 1e6)

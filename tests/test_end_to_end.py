@@ -120,3 +120,18 @@ def test_a_truncated_frame_in_a_folder_of_12_is_skipped_named_and_the_rest_writt
     assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
     # --strict: the same folder is a failure
     assert main(["reconstruct", str(seq), str(tmp_path / "strict"), "--no-preview", "--strict"]) == 1
+
+
+def test_the_reduced_live_mode_is_smaller_and_says_so(tmp_path):
+    """--scale 0.5: EXRs at half the camera's width and height, meta and report.json say the
+    scale, the summary labels it; the frames still score against ground truth at that size
+    only if it matches (here it does not, so they are not scored, and nothing is lost)."""
+    out = tmp_path / "out"
+    rc = subprocess.run([sys.executable, "-m", "deploy.cli", "demo", "--out", str(out), "--frames", "8",
+                         "--width", "128", "--height", "72", "--compare", "", "--scale", "0.5"],
+                        capture_output=True, text=True, timeout=300)
+    assert rc.returncode == 0, rc.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["scale"] == 0.5 and report["frames_out"] == 8 and report["lost"]["total"] == 0
+    assert read_exr(out / "000003.exr").shape == (36, 64, 3)
+    assert "reduced live mode" in rc.stdout + rc.stderr
