@@ -350,3 +350,29 @@ def test_paired_difference_tells_a_real_change_from_noise():
     assert abs(up["delta"] - 0.5) < 0.05 and up["delta"] > 5 * up["se"]
     assert abs(noise["delta"]) < 3 * noise["se"]
     assert np.isnan(paired_difference(better[:10], best)["delta"])
+
+
+def test_the_moving_average_is_what_is_validated_and_exported_and_survives_a_resume(tmp_path):
+    """ema = d: after a step the average is d·before + (1 − d)·after; validation and the
+    exported weights use it, training goes on from the trained weights; a checkpoint keeps it."""
+    cfg = tiny_cfg(tmp_path, stage="e2e", ema=0.9, lr=1e-2, val_size=2)
+    trainer = Trainer(cfg)
+    first = [p.detach().clone() for p in trainer.params]
+    trainer.train_step(fixed_batch())
+    trained = [p.detach().clone() for p in trainer.params]
+    for e, a, b in zip(trainer.ema, first, trained):
+        torch.testing.assert_close(e, 0.9 * a + 0.1 * b)
+    assert any(not torch.equal(a, b) for a, b in zip(first, trained))
+    with trainer.averaged():
+        assert all(torch.equal(p, e) for p, e in zip(trainer.params, trainer.ema))
+        trainer.export(tmp_path / "avg.safetensors", 1.0, None)
+    assert all(torch.equal(p, t) for p, t in zip(trainer.params, trained))  # back to the trained weights
+    exported = load_weights(tmp_path / "avg.safetensors").state_dict()
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    for n, e in zip(names, trainer.ema):
+        torch.testing.assert_close(exported[n].float(), e, atol=1e-3, rtol=1e-3)  # fp16 on disk
+    trainer.save_checkpoint(1.0)
+    resumed = Trainer(cfg, resume=trainer.checkpoint_path())
+    assert all(torch.equal(a, b) for a, b in zip(resumed.ema, trainer.ema))
+    with pytest.raises(ValueError, match="ema"):
+        tiny_cfg(tmp_path, ema=1.0)

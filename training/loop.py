@@ -16,6 +16,7 @@ Entry point: :func:`main` (``python -m training``; ``hdrstream train``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -24,6 +25,7 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,7 @@ class Trainer:
         if cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.params = self._stage_parameters()
+        self.ema = [p.detach().clone() for p in self.params] if cfg.ema > 0 else None
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.sched = torch.optim.lr_scheduler.StepLR(self.opt, step_size=cfg.lr_halve_every or 10**12, gamma=0.5)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp)
@@ -272,6 +275,9 @@ class Trainer:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
             self.scaler.update()
+            if self.ema is not None:
+                with torch.no_grad():
+                    torch._foreach_lerp_(self.ema, [p.detach() for p in self.params], 1.0 - self.cfg.ema)
         self.sched.step()
         self.step += 1
         return float(loss.detach()), terms
@@ -391,6 +397,7 @@ class Trainer:
             "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema or [],
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "best": self.best,
@@ -416,6 +423,11 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None:
+            if len(state.get("ema") or []) == len(self.ema):
+                torch._foreach_copy_(self.ema, state["ema"])
+            else:  # a run that did not average: start the average from its weights
+                torch._foreach_copy_(self.ema, [p.detach() for p in self.params])
         torch.set_rng_state(state["rng_torch"])
         if state["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
@@ -519,12 +531,32 @@ class Trainer:
         elapsed = self.elapsed + time.monotonic() - t_start
         if val is None and cfg.val_size:
             val = self._validate_and_export(write, elapsed)
-        self.export(self.out / "last.safetensors", elapsed, val)
+        with self.averaged():
+            self.export(self.out / "last.safetensors", elapsed, val)
         write({"kind": "end", "step": self.step, "elapsed_s": elapsed, "best": self.best})
         logf.close()
         return {"step": self.step, "val": val, "best": self.best}
 
+    @contextlib.contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The averaged weights in the model for the duration (with ``ema``; else as they are)."""
+        if self.ema is None:
+            yield
+            return
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_(self.params, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, trained)
+
     def _validate_and_export(self, write, elapsed: float) -> dict:
+        with self.averaged():
+            return self._validate_and_export_now(write, elapsed)
+
+    def _validate_and_export_now(self, write, elapsed: float) -> dict:
         val = self.validate()
         if self.best.get("scores"):
             val["vs_best"] = paired_difference(_metric_scores(val), self.best["scores"])
