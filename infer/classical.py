@@ -46,7 +46,7 @@ frames are the last resort.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -106,6 +106,18 @@ class ClassicalReconstructor:
         self.cfg = cfg or ClassicalConfig()
         self._dis = cv2.DISOpticalFlow_create(self.cfg.flow_preset)
         self._dis.setVariationalRefinementAlpha(self.cfg.flow_alpha)
+        self._scaled: dict[float, ClassicalReconstructor] = {}
+
+    def at_scale(self, scale: float) -> "ClassicalReconstructor":
+        """This merge for frames reduced to ``scale`` of the camera's size (the reduced live
+        mode): its flows run on a copy reduced as much as at full size, so every step costs
+        ~scale² as much, the optical flow included."""
+        if scale >= 1.0:
+            return self
+        if scale not in self._scaled:
+            px = max(_MIN_FLOW_PX, round(self.cfg.flow_max_px * scale))
+            self._scaled[scale] = ClassicalReconstructor(replace(self.cfg, flow_max_px=px))
+        return self._scaled[scale]
 
     def reconstruct(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
                     warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:

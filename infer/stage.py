@@ -43,9 +43,12 @@ class InferStage:
         if unwarped and "warps" not in meta:
             raise ValueError("window says its frames are not warped but carries no warps")
         aligned: np.ndarray | None = None if unwarped else frames
+        scale = float(meta.get("scale", 1.0))  # the reduced live mode
         out = []
         for rec in self.methods:
             t0 = time.perf_counter()
+            if scale < 1.0 and hasattr(rec, "at_scale"):
+                rec = rec.at_scale(scale)
             if unwarped and getattr(rec, "folds_warps", False):
                 hdr = rec.reconstruct(frames, exposures, ref, warps=meta["warps"])
             else:

@@ -286,3 +286,26 @@ def test_the_merge_arithmetic_is_its_plain_numpy_formula():
         np.testing.assert_allclose(rec._agreement(g_j, g_ref, 8.0, 1.0, refs), np.exp(-d * d), rtol=2e-6, atol=1e-7)
     w = rng.random((40, 60), np.float32)
     np.testing.assert_array_equal(cv2.multiply(L, _planes3(w)), L * w[..., None])
+
+
+def test_the_reduced_live_mode_runs_the_merge_as_a_smaller_camera_would():
+    """A window marked scale 0.5 is merged with its optical flow on a copy reduced as much
+    as at full size (so the flow costs a quarter too), not at the reduced frame's own size."""
+    from dataclasses import replace as dc_replace
+
+    from capture.sim import SimCamera, SimConfig
+
+    rec = ClassicalReconstructor()
+    half = rec.at_scale(0.5)
+    assert half.cfg.flow_max_px == rec.cfg.flow_max_px // 2 and rec.at_scale(0.5) is half and rec.at_scale(1) is rec
+    cam = SimCamera(SimConfig(width=1024, height=576, frames=5, seed=4, motion=2.0))
+    pre = Preprocessor(PreprocessConfig(scale=0.5))
+    w = [x for f in cam.frames() for x in pre.process(f)][2]
+    assert w.meta["scale"] == 0.5 and w.data.shape[1:3] == (288, 512)
+    got = InferStage("classical").process(w)[0]
+    frames, e, r = np.asarray(w.data), w.meta["exposures"], w.meta["ref"]
+    np.testing.assert_array_equal(got.data, half.reconstruct(frames, e, r))
+    assert not np.array_equal(got.data, rec.reconstruct(frames, e, r))  # 384-px flows, not 512
+    assert got.meta["scale"] == 0.5
+    unmarked = InferStage("classical").process(dc_replace(w, meta={k: v for k, v in w.meta.items() if k != "scale"}))
+    np.testing.assert_array_equal(unmarked[0].data, rec.reconstruct(frames, e, r))
