@@ -17,6 +17,13 @@ Wire format on the work socket (multipart, first part the message type)::
 
     worker → dispatcher  READY {worker, slots} | HB {worker} | DONE {worker, chunk} | BYE {worker}
     dispatcher → worker  WORK {chunk, seqs} header payload header payload …
+                       | WORK {chunk, seqs, slots} header … header frame frame …
+
+The second form carries each frame of a chunk once: windows whose frames are unwarped (codes
+windows, ``defer_warp``) share them — consecutive windows of 2k+1 frames overlap in 2k — so
+a chunk of 4 five-frame windows sends 8 frames, not 20. ``slots[i]`` lists, for window i,
+which of the frames after the headers fill it, in order; the worker joins them into the
+window's payload and decodes the window as if it had come whole.
 """
 from __future__ import annotations
 
@@ -340,9 +347,7 @@ class Dispatcher:
                 self._pending.appendleft(chunk)
 
     def _send_chunk(self, w: _Worker, chunk: _Chunk) -> bool:
-        parts: list = [w.route, WORK, msgpack.packb({"chunk": chunk.id, "seqs": chunk.seqs})]
-        for f in chunk.frames:
-            parts.extend(encode(f))
+        parts: list = [w.route, WORK, *work_parts(chunk.id, chunk.frames)]
         try:
             self._sock.send_multipart(parts, copy=False)
         except zmq.ZMQError as exc:  # the worker's connection is gone
@@ -449,6 +454,37 @@ class Dispatcher:
             self.metrics.dropped.labels(reason=reason).inc(n)
 
 
+def work_parts(chunk: int, windows: list[Frame]) -> list:
+    """A WORK message after its type: the body, then the windows — each frame once where the
+    windows carry their frames unwarped (see the module's wire format), else whole."""
+    body: dict = {"chunk": chunk, "seqs": [f.seq for f in windows]}
+    shareable = windows and all(
+        f.kind == "window" and f.meta.get("warped") is False and isinstance(f.meta.get("seqs"), list)
+        and np.asarray(f.data).ndim == 4 and len(f.meta["seqs"]) == np.asarray(f.data).shape[0] for f in windows)
+    if not shareable:
+        parts: list = [msgpack.packb(body)]
+        for f in windows:
+            parts.extend(encode(f))
+        return parts
+    index: dict[tuple, int] = {}  # (seq, shape, dtype) -> position among the shared frames
+    shared: list = []
+    headers, slots = [], []
+    for f in windows:
+        header, _ = encode(f)
+        data = np.ascontiguousarray(f.data)
+        row = []
+        for s, pixels in zip(f.meta["seqs"], data):
+            key = (s, pixels.shape, pixels.dtype.str)
+            if key not in index:
+                index[key] = len(shared)
+                shared.append(memoryview(pixels).cast("B"))
+            row.append(index[key])
+        headers.append(header)
+        slots.append(row)
+    body["slots"] = slots
+    return [msgpack.packb(body), *headers, *shared]
+
+
 def decode_work(parts: list) -> tuple[int, list[Frame]]:
     """A WORK message's (chunk id, windows); ProtocolError (only) if it is malformed."""
     if len(parts) < 2:
@@ -461,9 +497,25 @@ def decode_work(parts: list) -> tuple[int, list[Frame]]:
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 0:
         raise ProtocolError("bad WORK message: no chunk id")
     frames = parts[2:]
+    slots = body.get("slots")
+    if slots is not None:
+        return chunk, _shared_windows(slots, frames)
     if len(frames) % 2:
         raise ProtocolError("WORK message: header without payload")
     return chunk, [decode(frames[i:i + 2]) for i in range(0, len(frames), 2)]
+
+
+def _shared_windows(slots: object, parts: list) -> list[Frame]:
+    """Windows of a WORK message that carries each frame once (``slots``: see the module)."""
+    if not isinstance(slots, list) or not all(isinstance(r, list) for r in slots) or len(slots) > len(parts):
+        raise ProtocolError("bad WORK message: slots must be one list per window header")
+    headers, shared = parts[:len(slots)], [memoryview(getattr(p, "buffer", p)) for p in parts[len(slots):]]
+    windows = []
+    for header, row in zip(headers, slots):
+        if not row or not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < len(shared) for j in row):
+            raise ProtocolError("bad WORK message: a slot names no shared frame")
+        windows.append(decode([header, b"".join(shared[j] for j in row)]))
+    return windows
 
 
 class EosHold:

@@ -256,3 +256,55 @@ def test_a_dead_dispatcher_thread_says_why_and_takes_no_more_work(monkeypatch):
     finally:
         d.close()
         rx.close()
+
+
+def test_a_chunk_of_unwarped_windows_carries_each_frame_once():
+    """Codes windows of the real preprocess stage, dealt to a real socket: 4 windows of 5
+    frames cross as 8 frames, and the worker decodes windows identical to the ones sent;
+    warped windows, whose slots differ per window, still cross whole."""
+    from capture.sim import SimCamera, SimConfig
+    from deploy.dispatch import work_parts
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    frames = list(SimCamera(SimConfig(width=48, height=32, frames=10, seed=1)).frames())
+    for cfg, shared in ((PreprocessConfig(window_dtype="codes"), True), (PreprocessConfig(), False)):
+        pre = Preprocessor(cfg)
+        windows = [w for f in frames for w in pre.process(f)][2:6]
+        ctx = zmq.Context.instance()
+        a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+        port = a.bind_to_random_port("tcp://127.0.0.1")
+        b.connect(f"tcp://127.0.0.1:{port}")
+        try:
+            a.send_multipart([WORK, *work_parts(7, windows)], copy=False)
+            parts = b.recv_multipart(copy=False)
+        finally:
+            a.close(0)
+            b.close(0)
+        pixels = sum(len(p.buffer) for p in parts[2:] if len(p.buffer) >= 48 * 32 * 3)
+        frame_bytes = windows[0].data[0].nbytes
+        assert pixels == (8 if shared else 20) * frame_bytes
+        chunk, got = decode_work(parts)
+        assert chunk == 7 and [w.seq for w in got] == [w.seq for w in windows]
+        for x, y in zip(got, windows):
+            assert x.pixel_format == y.pixel_format and x.meta == y.meta
+            np.testing.assert_array_equal(x.data, y.data)
+
+
+def test_a_malformed_shared_work_message_is_a_protocol_error():
+    import pytest
+
+    from deploy.dispatch import work_parts
+    from hdrstream.frame import ProtocolError
+
+    win = Frame(kind="window", stream="t", seq=3, t_ns=3, exposure_s=0.001, gain_db=0.0, pixel_format="RGB8",
+                data=np.zeros((3, 4, 6, 3), np.uint8),
+                meta={"stem": "000003", "exposures": [0.001, 0.008, 0.001], "ref": 1, "seqs": [2, 3, 4],
+                      "warps": [[1, 0, 0, 0, 1, 0]] * 3, "warped": False})
+    body, header, *shared = work_parts(1, [win])
+    assert len(shared) == 3 and decode_work([WORK, body, header, *shared])[1][0].seq == 3
+    for slots in ([[0, 1, 9]], [[]], "x", [[0, 1, True]], [[0, 1]]):
+        bad = msgpack.packb({"chunk": 1, "seqs": [3], "slots": slots})
+        with pytest.raises(ProtocolError):
+            decode_work([WORK, bad, header, *shared])
+    with pytest.raises(ProtocolError):  # more windows than parts
+        decode_work([WORK, msgpack.packb({"chunk": 1, "seqs": [3], "slots": [[0]] * 9}), header])
