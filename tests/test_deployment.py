@@ -20,7 +20,7 @@ from deploy.dispatch import DispatchConfig
 
 
 def write_config(tmp_path, frames: int, workers: int = 2, realtime: bool = True, width: int = 96, height: int = 64,
-                 **dispatch) -> tuple:
+                 window_dtype: str = "float32", **dispatch) -> tuple:
     out = tmp_path / "out"
     d = {"chunk": 4, "heartbeat_s": 0.2, "dead_after_s": 1.5, **dispatch}
     graph, ports = loopback_graph(workers, ("preprocess", "sink"), sink_grace_s=5.0)
@@ -33,6 +33,7 @@ fps = 25.0
 realtime = {str(realtime).lower()}
 [preprocess]
 align = false
+window_dtype = "{window_dtype}"
 [dispatch]
 {chr(10).join(f"{k} = {v}" for k, v in d.items())}
 [sink]
@@ -171,8 +172,9 @@ def test_up_survives_a_killed_worker_and_malformed_messages(tmp_path):
 
 
 def test_up_restarts_the_only_worker_when_it_is_killed(tmp_path):
+    """With the shipped deployment's codes windows (each frame once per chunk on the wire)."""
     frames = 60
-    config, out, ports = write_config(tmp_path, frames, workers=1, realtime=True)
+    config, out, ports = write_config(tmp_path, frames, workers=1, realtime=True, window_dtype="codes")
     up, lines, reader = start_up_and_kill_worker_0(config, out, after_exrs=4)
     try:
         rc = up.wait(timeout=120)  # ends by itself: no Ctrl-C
