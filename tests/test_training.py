@@ -376,3 +376,18 @@ def test_the_moving_average_is_what_is_validated_and_exported_and_survives_a_res
     assert all(torch.equal(a, b) for a, b in zip(resumed.ema, trainer.ema))
     with pytest.raises(ValueError, match="ema"):
         tiny_cfg(tmp_path, ema=1.0)
+
+
+def test_a_fine_tuning_run_scores_its_starting_point_first(tmp_path):
+    """With --init, step 0 is validated before any training: the best checkpoint starts as the
+    network it came from, and the first trained checkpoint is compared with it, paired."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+
+    torch.manual_seed(0)
+    src = save_weights(HDRNet(NetConfig(exposures=2, width=0.125, prior_per_channel=True)),
+                       tmp_path / "start.safetensors", {"stage": "e2e"})
+    Trainer(tiny_cfg(tmp_path, stage="e2e", init=str(src), steps=1, val_size=2, val_every=1)).run()
+    start, first = log_records(tmp_path / "run" / "log.jsonl", "val")
+    assert start["step"] == 0 and "vs_best" not in start
+    assert first["step"] == 1 and np.isfinite(first["vs_best"]["delta"])
+    assert load_weights(tmp_path / "run" / "best.safetensors").meta["steps"] in (0, 1)

@@ -488,6 +488,10 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not cfg.progress, unit="step", dynamic_ncols=True)
         window = {"loss": 0.0, "n": 0, "t": time.monotonic(), "data": 0.0, "terms": {}}
         try:
+            if self.step == 0 and cfg.init and cfg.steps > 0 and (cfg.val_size or cfg.val_dynamic):
+                # a fine-tuning run scores what it starts from first: its best is never worse,
+                # and every later checkpoint's paired difference is against the start
+                val = self._validate_and_export(write, 0.0)
             if self.step < cfg.steps:
                 batches = iter(self.loader())
             while self.step < cfg.steps:
