@@ -144,10 +144,10 @@ class Preprocessor:
                 L = unit_values(decoded[0], pixel_format(decoded[1]).white)
             else:
                 L = regamma(to_rgb(frame), self.crf)
-            if self.cfg.scale < 1.0:
+            if self.cfg.scale < 1.0:  # averaged as light adds up: in linear, not in gamma-2.2 values
                 h, w = L.shape[:2]
                 size = (max(1, round(w * self.cfg.scale)), max(1, round(h * self.cfg.scale)))
-                L = cv2.resize(L, size, interpolation=cv2.INTER_AREA)
+                L = cv2.pow(cv2.resize(cv2.pow(L, 2.2), size, interpolation=cv2.INTER_AREA), 1 / 2.2)
         except (ValueError, KeyError) as exc:
             self.counts.bad_frames += 1
             log.error("dropping frame %d: cannot decode %s payload: %s", frame.seq, frame.pixel_format, exc)

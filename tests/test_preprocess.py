@@ -340,3 +340,14 @@ def test_size_change_flushes_and_restarts(caplog):
     assert [w.seq for w in wins] == list(range(8))
     assert [w.data.shape[1] for w in wins] == [8] * 4 + [10] * 4
     assert "size changed" in caplog.text
+
+
+def test_the_reduced_mode_averages_light_not_gamma_values():
+    """scale 0.5 on a fine black/white checkerboard: each 2x2 block holds half the light, so
+    the reduced frame's value is 0.5^(1/2.2) ≈ 0.73 (averaging the codes would give 0.5)."""
+    board = np.indices((16, 24)).sum(axis=0) % 2 * 255
+    frames = [frame(np.repeat(board[..., None], 3, 2).astype(np.uint8), "RGB8", s, t * 1e-3)
+              for s, t in enumerate((1, 8, 1, 8, 1, 8))]
+    wins = run(Preprocessor(PreprocessConfig(align=False, scale=0.5)), frames)
+    assert wins[2].data.shape == (5, 8, 12, 3) and wins[2].meta["scale"] == 0.5
+    np.testing.assert_allclose(wins[2].data, 0.5 ** (1 / 2.2), rtol=1e-5)
