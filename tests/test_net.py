@@ -431,3 +431,28 @@ def test_gated_network_round_trips_and_older_files_have_no_gate(tmp_path):
     back = load_weights(path)
     assert back.cfg.classical_gate and back.gate is not None
     assert NetConfig.from_json('{"exposures": 2}').classical_gate is False  # files written before the gate
+
+
+def test_merge_prior_is_its_formula():
+    """The prior computed in place (for speed) is still t·x²(3 − 2x)·(agreement + fallback)
+    + fallback/t⁴ with x the saturation roll-off, here against NumPy (float64)."""
+    import torch.nn.functional as F
+
+    from infer.net.ops import FALLBACK, GHOST_TOL, SAT_END, SAT_START, merge_prior
+
+    torch.manual_seed(1)
+    ldr = torch.rand(1, 3, 3, 8, 10) * 1.05
+    expo = torch.tensor([[8.0, 1.0, 1.0]])
+    got = merge_prior(ldr, expo, per_channel=True).double().numpy()
+    L = ldr.clamp(0, 1).double()
+    t = expo.double()[..., None, None, None]
+    x = ((SAT_END - L) / (SAT_END - SAT_START)).clamp(0, 1)
+    grey = (L * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64)[:, None, None]).sum(2, keepdim=True)
+    bright = torch.maximum(t, t[:, :1])
+    a = (grey[:, :1] * (bright / t[:, :1]) ** (1 / 2.2)).clamp(max=1)
+    b = (grey * (bright / t) ** (1 / 2.2)).clamp(max=1)
+    d = F.avg_pool2d((a - b).abs().flatten(0, 1), 3, 1, 1, count_include_pad=False).view_as(b)
+    agree = torch.exp(-(d / (GHOST_TOL * (0.5 + 0.5 * (bright / torch.minimum(t, t[:, :1])) ** (1 / 2.2)))) ** 2)
+    agree[:, 0] = 1.0
+    want = (x * x * (3 - 2 * x) * t * (agree + FALLBACK) + FALLBACK / t**4).numpy()
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
