@@ -30,6 +30,7 @@ import torch
 
 import numpy as np
 
+from hdrstream.memory import keep_freed_memory
 from infer.net.model import HDRNet, NetConfig, load_weights
 from infer.net.refine import RefineFeatures
 from infer.window_flows import WindowFlows
@@ -138,6 +139,7 @@ def main() -> None:
     ap.add_argument("--methods", default="", help="time these reconstructors end to end instead (e.g. net,net-refine)")
     ap.add_argument("--frames", type=int, default=6, help="with --methods: frames of the simulated sequence")
     a = ap.parse_args()
+    keep_freed_memory()  # as the hdrstream command does
     if a.methods:
         for size in a.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))
