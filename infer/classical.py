@@ -131,12 +131,20 @@ class ClassicalReconstructor:
         times every merged neighbour's agreement with it — 1 where the window is static and
         the reference unclipped (the merge then averages every frame), toward 0 where
         something moves or clips. The network's gate (``infer.net.gate``) weighs it."""
-        conf = [np.ones(frames.shape[1:3], np.float32)]
-        return self._merge(frames, exposures, ref, conf), conf[0]
+        H, conf, _ = self.reconstruct_with_cues(frames, exposures, ref)
+        return H, conf
+
+    def reconstruct_with_cues(self, frames: np.ndarray, exposures: Sequence[float],
+                              ref: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The merge, its confidence, and the neighbours' agreement alone (H, W): the
+        confidence without the reference's roll-off, low only where something moves."""
+        conf = [np.ones(frames.shape[1:3], np.float32), np.ones(frames.shape[1:3], np.float32)]
+        return self._merge(frames, exposures, ref, conf), conf[0], conf[1]
 
     def _merge(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
                conf: list[np.ndarray] | None, warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-        """The merge; with ``conf`` (a one-element list) its confidence is multiplied into conf[0]."""
+        """The merge; with ``conf`` its confidence is multiplied into conf[0] and the
+        neighbours' agreement alone into conf[1:]."""
         check_window(frames, exposures, ref)
         mats = None if warps is None else _matrices(warps, len(exposures))
         cfg = self.cfg
@@ -181,7 +189,8 @@ class ClassicalReconstructor:
             w = self._weight(L_j, t_j)
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
             if conf is not None:
-                conf[0] *= agree
+                for c in conf:
+                    c *= agree
             agree += np.float32(cfg.fallback_weight)
             w *= agree
             if _same(t_j, t_short):

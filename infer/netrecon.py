@@ -260,7 +260,7 @@ class NetReconstructor:
             return hdr
         if self._classical is None:
             self._classical = ClassicalReconstructor()
-        merged, conf = self._classical.reconstruct_with_confidence(frames, exposures, ref)
+        merged, conf, agree = self._classical.reconstruct_with_cues(frames, exposures, ref)
         t_min = np.float32(min(exposures))
         h = hdr.shape[0]
         out = np.empty_like(hdr)
@@ -268,8 +268,9 @@ class NetReconstructor:
         for y0 in range(0, h, GATE_ROWS):  # in strips: full-resolution features of a 4K frame are large
             y1 = min(h, y0 + GATE_ROWS)
             ya, yb = max(0, y0 - r), min(h, y1 + r)
+            cue = (agree[..., None],) if net.gate.motion_cue else ()
             args = [torch.from_numpy(np.array(a[ya:yb], np.float32)).permute(2, 0, 1)[None].to(self.device)
-                    for a in (hdr * t_min, merged * t_min, conf[..., None], frames[ref])]
+                    for a in (hdr * t_min, merged * t_min, conf[..., None], frames[ref], *cue)]
             blended, _ = net.gate(*args)
             out[y0:y1] = blended[0, :, y0 - ya:y1 - ya].permute(1, 2, 0).float().cpu().numpy()
         out /= t_min

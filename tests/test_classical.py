@@ -219,6 +219,27 @@ def test_confidence_is_high_where_static_and_low_where_something_moved(exps):
     assert np.median(dynamic[:, 50:][unclipped[:, 50:]]) > 0.9  # away from the change
 
 
+@pytest.mark.parametrize("exps", [[1.0, 8.0], [1.0, 4.0, 16.0]])
+def test_the_agreement_cue_tells_motion_from_clipping(exps):
+    """The agreement alone is the confidence without the reference's roll-off: high over a
+    static clipped area (where the confidence is 0), low where a neighbour changed."""
+    H = hdr_scene()
+    k = len(exps)
+    seq_exps = [exps[i % len(exps)] for i in range(2 * k + 1)]
+    frames = np.stack([render(H, t) for t in seq_exps])
+    moved = frames.copy()
+    moved[k + 1, 10:30, 20:40] = moved[k + 1, 10:30, 20:40][::-1, ::-1]
+    rec = ClassicalReconstructor()
+    merged, conf, agree = rec.reconstruct_with_cues(frames, seq_exps, k)
+    assert np.array_equal(merged, rec.reconstruct(frames, seq_exps, k))
+    assert np.array_equal(conf, rec.reconstruct_with_confidence(frames, seq_exps, k)[1])
+    assert np.all(conf <= agree + 1e-7)
+    clipped = frames[k].max(axis=2) >= 0.99
+    assert clipped.any() and conf[clipped].max() < 0.05 and np.median(agree[clipped]) > 0.9
+    _, _, agree_moved = rec.reconstruct_with_cues(moved, seq_exps, k)
+    assert np.median(agree_moved[14:26, 24:36]) < 0.2
+
+
 # -- windows with their global warps deferred to the reconstructor ---------------------------------
 
 

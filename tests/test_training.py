@@ -391,3 +391,35 @@ def test_a_fine_tuning_run_scores_its_starting_point_first(tmp_path):
     assert start["step"] == 0 and "vs_best" not in start
     assert first["step"] == 1 and np.isfinite(first["vs_best"]["delta"])
     assert load_weights(tmp_path / "run" / "best.safetensors").meta["steps"] in (0, 1)
+
+
+def test_a_gate_learns_the_motion_cue_from_a_gate_without_it(tmp_path):
+    """--init weights whose gate has no motion cue into a run with one: the cue's input
+    channel starts at zero (the same blend as before), training moves it, and the exported
+    network runs in the reconstructor."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from infer.netrecon import NetReconstructor
+
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, prior_per_channel=True, classical_gate=True, refine=False)
+    src = save_weights(HDRNet(cfg), tmp_path / "net.safetensors", {"stage": "gate"})
+    plain = Trainer(tiny_cfg(tmp_path / "a", stage="gate", classical_gate=True, refine=False, init=str(src)))
+    cued = Trainer(tiny_cfg(tmp_path / "b", stage="gate", classical_gate=True, refine=False, init=str(src),
+                            gate_motion_cue=True, lr=1e-2))
+    w = cued.model.gate.conv1.weight
+    assert w.shape[1] == plain.model.gate.conv1.weight.shape[1] + 1 and torch.count_nonzero(w[:, -1]) == 0
+    batch = cued.to_device(fixed_batch())
+    plain.model.eval(), cued.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cued.forward(batch)["hdr"], plain.forward(batch)["hdr"])
+    for _ in range(3):
+        cued.train_step(fixed_batch())
+    assert torch.count_nonzero(cued.model.gate.conv1.weight[:, -1]) > 0
+    cued.export(tmp_path / "cued.safetensors", 1.0, None)
+    net = load_weights(tmp_path / "cued.safetensors")
+    assert net.cfg.gate_motion_cue and net.gate.motion_cue
+    rec = NetReconstructor(weights={2: tmp_path / "cued.safetensors"})
+    b = fixed_batch(size=1)
+    frames = b["ldr"][0].permute(0, 2, 3, 1).numpy()
+    hdr = rec.reconstruct(np.ascontiguousarray(frames), b["expo"][0].tolist(), 2)
+    assert hdr.shape == (CROP, CROP, 3) and np.isfinite(hdr).all()

@@ -119,7 +119,7 @@ class Trainer:
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
                                  prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
-                                 refine=cfg.refine)
+                                 refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -158,12 +158,17 @@ class Trainer:
             # the blend and the prior's roll-off have no weights: they may change between runs;
             # a network without a gate starts one that has its fresh gate
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
-                    "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine}
+                    "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
+                    "gate_motion_cue": self.net_cfg.gate_motion_cue}
             if replace(src.cfg, **free) != self.net_cfg or (src.cfg.classical_gate and not self.net_cfg.classical_gate):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
             if self.model.gate is not None and src.gate is None:
                 state.update({f"gate.{k}": v for k, v in self.model.gate.state_dict().items()})
+            elif self.net_cfg.gate_motion_cue and not src.cfg.gate_motion_cue:
+                # the motion cue's input channel starts with zero weights: the same gate at first
+                w = state["gate.conv1.weight"]
+                state["gate.conv1.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 1, *w.shape[2:])), dim=1)
         if stage == "coarse" and self.cfg.stage != "coarse":
             state = {k: v for k, v in state.items() if k.startswith("coarse.")}
             self.model.coarse.load_state_dict({k[len("coarse."):]: v for k, v in state.items()})
@@ -233,8 +238,9 @@ class Trainer:
                 out = self.model(ldr, expo, flows)
         out = {k: v.float() for k, v in out.items()}
         if self.model.gate is not None and stage != "coarse":
-            merged, conf = self.classical_inputs(ldr, expo)
-            out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2])
+            merged, conf, agree = self.classical_inputs(ldr, expo)
+            cue = (agree,) if self.model.gate.motion_cue else ()
+            out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2], *cue)
         return out
 
     def _centre_coarse(self, ldr: torch.Tensor, expo: torch.Tensor, flows: torch.Tensor | None) -> torch.Tensor:
@@ -244,20 +250,21 @@ class Trainer:
         return self.model.coarse_forward(ldr[:, lo:lo + k], expo[:, lo:lo + k],
                                          None if flows is None else flows[:, 1])
 
-    def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The classical merge (B, 3, H, W) of each window and its confidence (B, 1, H, W),
-        in the network's units, on the batch's device: what the gate blends with."""
+    def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The classical merge (B, 3, H, W) of each window, its confidence and the neighbours'
+        agreement (B, 1, H, W), in the network's units, on the batch's device: the gate's inputs."""
         from infer.classical import ClassicalReconstructor
 
         if self._classical is None:
             self._classical = ClassicalReconstructor()
         c = ldr.shape[1] // 2
-        merged, conf = [], []
+        merged, conf, agree = [], [], []
         for frames, e in zip(ldr.float().cpu().numpy(), expo.float().cpu().tolist()):
-            H, k = self._classical.reconstruct_with_confidence(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
+            H, k, a = self._classical.reconstruct_with_cues(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
             merged.append(torch.from_numpy(H.transpose(2, 0, 1).copy()))
             conf.append(torch.from_numpy(k[None].copy()))
-        return torch.stack(merged).to(ldr.device), torch.stack(conf).to(ldr.device)
+            agree.append(torch.from_numpy(a[None].copy()))
+        return tuple(torch.stack(x).to(ldr.device) for x in (merged, conf, agree))  # type: ignore[return-value]
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

@@ -27,20 +27,27 @@ class ClassicalGate(nn.Module):
 
     Args:
         channels: feature channels of the two hidden convolutions.
+        motion_cue: also see the neighbours' agreement with the reference on its own (a 14th
+            input channel, last). The confidence multiplies it by the reference's saturation
+            roll-off, so where the reference clips it is low whether or not anything moves;
+            there the gate cannot tell a static clipped sky, where the network wins, from an
+            object crossing it, where the classical merge does (the static split's worst frames).
     """
 
     radius = 4  # receptive field, px each side (3x3, 3x3 dilated 2, 3x3)
 
-    def __init__(self, channels: int = 16) -> None:
+    def __init__(self, channels: int = 16, motion_cue: bool = False) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(IN_CHANNELS, channels, 3, 1, 1)
+        self.motion_cue = motion_cue
+        self.conv1 = nn.Conv2d(IN_CHANNELS + int(motion_cue), channels, 3, 1, 1)
         self.conv2 = nn.Conv2d(channels, channels, 3, 1, 2, dilation=2)
         self.conv3 = nn.Conv2d(channels, 1, 3, 1, 1)
         with torch.no_grad():  # start at g = 0.5 everywhere
             self.conv3.weight.mul_(0.01)
             self.conv3.bias.zero_()
 
-    def forward(self, hdr: Tensor, classical: Tensor, confidence: Tensor, ldr_ref: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, hdr: Tensor, classical: Tensor, confidence: Tensor, ldr_ref: Tensor,
+                agreement: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Blend the two HDRs.
 
         Args:
@@ -48,14 +55,21 @@ class ClassicalGate(nn.Module):
             classical: (b, 3, H, W) the classical merge's, in the same units.
             confidence: (b, 1, H, W) the merge's confidence in [0, 1].
             ldr_ref: (b, 3, H, W) the reference frame, gamma values in [0, 1].
+            agreement: (b, 1, H, W) the neighbours' agreement alone; required with ``motion_cue``.
 
         Returns:
             the blended HDR (b, 3, H, W) and the gate g (b, 1, H, W).
         """
         b, _, h, w = hdr.shape
-        for name, t, c in (("classical", classical, 3), ("confidence", confidence, 1), ("ldr_ref", ldr_ref, 3)):
+        inputs = [("classical", classical, 3), ("confidence", confidence, 1), ("ldr_ref", ldr_ref, 3)]
+        if self.motion_cue:
+            if agreement is None:
+                raise ValueError("ClassicalGate: this gate sees the motion cue; pass agreement")
+            inputs.append(("agreement", agreement, 1))
+        for name, t, c in inputs:
             check_shape(t, f"ClassicalGate: {name}", (b, c, h, w))
         a, m = mu_law(hdr.clamp(0.0, 1.0)), mu_law(classical.clamp(0.0, 1.0))
-        x = torch.cat((a, m, (a - m).abs(), confidence, ldr_ref), dim=1)
+        cue = (agreement,) if self.motion_cue else ()
+        x = torch.cat((a, m, (a - m).abs(), confidence, ldr_ref, *cue), dim=1)
         g = torch.sigmoid(self.conv3(lrelu(self.conv2(lrelu(self.conv1(x))))))
         return hdr + g * (classical - hdr), g

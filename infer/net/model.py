@@ -70,6 +70,8 @@ class NetConfig:
             ``net-refine`` method runs it regardless. The shipped weights say False: at this
             width RefineNet adds nothing measurable and costs ~85 % of the time
             (infer/weights/README.md).
+        gate_motion_cue: the gate also sees the neighbours' agreement with the reference on
+            its own (``infer.net.gate``); False in weights written before it existed.
     """
 
     exposures: int = 2
@@ -83,6 +85,7 @@ class NetConfig:
     mask_blend: bool = True
     classical_gate: bool = False
     refine: bool = True
+    gate_motion_cue: bool = False
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -138,7 +141,7 @@ class HDRNet(nn.Module):
                                 weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
-        self.gate = ClassicalGate() if cfg.classical_gate else None
+        self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------
