@@ -174,8 +174,8 @@ def test_refine_loss_is_normalised_by_the_badly_exposed_area():
 # -- the loop ------------------------------------------------------------------------------
 
 
-def fixed_batch(exposures=2, size=2):
-    maker = SampleMaker(small_data(), exposures, seed=11)
+def fixed_batch(exposures=2, size=2, flows=False):
+    maker = SampleMaker(small_data(), exposures, seed=11, flows=flows)
     return collate([maker(i) for i in range(size)])
 
 
@@ -423,3 +423,32 @@ def test_a_gate_learns_the_motion_cue_from_a_gate_without_it(tmp_path):
     frames = b["ldr"][0].permute(0, 2, 3, 1).numpy()
     hdr = rec.reconstruct(np.ascontiguousarray(frames), b["expo"][0].tolist(), 2)
     assert hdr.shape == (CROP, CROP, 3) and np.isfinite(hdr).all()
+
+
+def test_a_wider_network_starts_from_a_narrower_one_with_the_same_output(tmp_path):
+    """--init width-0.125 weights into a width-0.25 run: every trained filter kept, the new
+    channels silent, so the output at step 0 is the narrow network's; training then wakes
+    the new channels. A part that cannot widen this way is refused, not reinitialised."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from training.widen import widen_state
+
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", prior_per_channel=True, classical_gate=True, refine=False)
+    src = save_weights(HDRNet(cfg), tmp_path / "narrow.safetensors", {"stage": "e2e"})
+    run = dict(stage="e2e", flow="dis", classical_gate=True, refine=False, init=str(src))
+    narrow = Trainer(tiny_cfg(tmp_path / "a", **run))
+    wide = Trainer(tiny_cfg(tmp_path / "b", **run, width=0.25, lr=1e-2))
+    head = wide.model.coarse.weight
+    assert head.enc1.weight.shape[0] == 2 * narrow.model.coarse.weight.enc1.weight.shape[0]
+    batch = wide.to_device(fixed_batch(flows=True))
+    narrow.model.eval(), wide.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(wide.forward(batch)["hdr"], narrow.forward(batch)["hdr"])
+    n = narrow.model.coarse.weight.dec3.weight.shape[0]
+    assert torch.count_nonzero(head.dec3.weight[:, n:head.up3.weight.shape[1]]) == 0  # reads no new channel yet
+    for _ in range(3):
+        wide.train_step(fixed_batch(flows=True))
+    assert torch.count_nonzero(head.dec3.weight[:, n:head.up3.weight.shape[1]]) > 0
+    learned = HDRNet(replace(cfg, flow="learned", width=0.125))
+    with pytest.raises(ValueError, match="only CoarseNet's weight head widens"):
+        widen_state(learned.state_dict(), HDRNet(replace(cfg, flow="learned", width=0.25)))

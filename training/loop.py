@@ -42,6 +42,7 @@ from training.data import WindowStream, bench, collate, dynamic_validation_set, 
 from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
+from training.widen import widen_state
 
 log = logging.getLogger("training")
 
@@ -160,6 +161,9 @@ class Trainer:
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
                     "gate_motion_cue": self.net_cfg.gate_motion_cue}
+            widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
+            if widen:
+                free["width"] = self.net_cfg.width
             if replace(src.cfg, **free) != self.net_cfg or (src.cfg.classical_gate and not self.net_cfg.classical_gate):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
@@ -169,6 +173,10 @@ class Trainer:
                 # the motion cue's input channel starts with zero weights: the same gate at first
                 w = state["gate.conv1.weight"]
                 state["gate.conv1.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 1, *w.shape[2:])), dim=1)
+            if widen:
+                state = widen_state(state, self.model)
+                log.info("widened CoarseNet's weight head from width %g to %g (same output at step 0)",
+                         src.cfg.width, self.net_cfg.width)
         if stage == "coarse" and self.cfg.stage != "coarse":
             state = {k: v for k, v in state.items() if k.startswith("coarse.")}
             self.model.coarse.load_state_dict({k[len("coarse."):]: v for k, v in state.items()})
