@@ -9,7 +9,7 @@ PIP := $(PY) -m pip
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench install train-deps clean browser
+.PHONY: demo test bench install train-deps clean browser vdp
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,5 +43,18 @@ bench: $(STAMP)
 train-deps: $(STAMP)
 	$(PIP) install --quiet 'scikit-image>=0.22'
 
+# ColorVideoVDP for `bench/quality.py --vdp`, in its own environment: cvvdp needs torchvision,
+# and the torchvision wheels this disk carries are CUDA builds that import only beside their
+# own torch (2.14.1), not the project's pinned CPU build. About 5.5 GB; run on the CPU.
+VDP_VENV := .venv-vdp
+VDP_TORCH ?= 2.14.1
+VDP_TORCHVISION ?= 0.29.1
+vdp: $(VDP_VENV)/.installed
+$(VDP_VENV)/.installed:
+	test -x $(VDP_VENV)/bin/python || $(PYTHON) -m venv $(VDP_VENV)
+	$(VDP_VENV)/bin/pip install --quiet torch==$(VDP_TORCH) torchvision==$(VDP_TORCHVISION)
+	$(VDP_VENV)/bin/pip install --quiet 'cvvdp>=0.5' torch==$(VDP_TORCH) torchvision==$(VDP_TORCHVISION)
+	touch $@
+
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(VDP_VENV) out .pytest_cache

@@ -10,10 +10,13 @@ motion (pixels any moving object covers in the window's frames, dilated 4 px), c
 (the reference clipped in any channel, outside motion) and the rest — PSNR-L, flicker,
 the worst frame's PSNR-μ against classical's on the same frame, the hue error where the
 reference is partly clipped (L1 distance of rgb chromaticities, pooled over those pixels),
-and ms/frame. Regions are scored by pooling squared errors over frames.
+and ms/frame. Regions are scored by pooling squared errors over frames. With ``--vdp``, also
+ColorVideoVDP (JOD, 10 = indistinguishable from the ground truth; mean over sequences) of
+each whole sequence, scored by bench/vdp.py in its own environment (`make vdp`).
 
     .venv/bin/python bench/quality.py [--split static,dynamic] [--methods reference,classical,coarse,net] [--seeds 4]
     .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors --json out/q.json
+    make vdp && .venv/bin/python bench/quality.py --vdp --methods classical,coarse,net
 
 By default every method that can run: reference, classical, and CoarseNet alone and the full
 network where shipped weights exist (infer/weights/).
@@ -23,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +41,14 @@ from preprocess.stage import PreprocessConfig, Preprocessor
 from training.splits import CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
 
 
+VDP_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vdp" / "bin" / "python"
+
+
 def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
-             pre_cfg: PreprocessConfig | None = None) -> dict[str, dict[str, list[float]]]:
-    """Per-frame figures of each method on one sequence."""
+             pre_cfg: PreprocessConfig | None = None, keep: Path | None = None) -> dict[str, dict[str, list[float]]]:
+    """Per-frame figures of each method on one sequence; with ``keep``, the sequence's
+    normalised predictions and ground truth are also written there (float16 .npz) for
+    ColorVideoVDP."""
     cam = SimCamera(cfg)
     pre = Preprocessor(pre_cfg or PreprocessConfig())
     infer = InferStage(method=methods[0], compare=methods[1:])
@@ -67,9 +77,29 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
             for name, mask in masks.items():
                 r[f"sse_{name}"].append(quality.mu_sq_error(pred, gt, t_min, mask))
             r["hue"].append(hue_error(pred, gt, partial))
+    if keep is not None:
+        seq = {m: np.stack([quality.normalise(p, t_min) for p in rows[m]["pred"]]).astype(np.float16) for m in methods}
+        np.savez(keep, gt=np.stack([quality.normalise(g, t_min) for g in gts]).astype(np.float16), **seq)
     for m in methods:
         rows[m]["flicker"] = quality.flicker(rows[m].pop("pred"), gts, t_min)
     return rows
+
+
+def vdp_scores(files: list[Path], fps: float) -> dict[str, list[float]]:
+    """ColorVideoVDP JOD per method, one value per sequence file (bench/vdp.py)."""
+    if not VDP_PYTHON.is_file():
+        raise SystemExit(f"--vdp needs ColorVideoVDP's environment {VDP_PYTHON.parent.parent}: run `make vdp` first")
+    script = Path(__file__).resolve().parent / "vdp.py"
+    done = subprocess.run([str(VDP_PYTHON), str(script), *map(str, files), "--fps", str(fps)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"bench/vdp.py failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    per_file = json.loads(done.stdout)
+    out: dict[str, list[float]] = {}
+    for f in files:
+        for m, jod in per_file[str(f)].items():
+            out.setdefault(m, []).append(jod)
+    return out
 
 
 def partly_clipped(L_ref: np.ndarray, gt: np.ndarray, t_min: float) -> np.ndarray:
@@ -121,6 +151,8 @@ def main() -> None:
     ap.add_argument("--weights", default="", help="network weights to score instead of the shipped ones "
                     "(one file: give --exposures to match)")
     ap.add_argument("--json", default="", help="also write the figures (per split, cycle, method) here")
+    ap.add_argument("--vdp", action="store_true", help="also score ColorVideoVDP (JOD; needs `make vdp`; "
+                    "about 25 s of CPU per method and 12-frame sequence)")
     ap.add_argument("--interpolation", default=PreprocessConfig.interpolation, choices=("linear", "cubic"),
                     help="preprocess's resampling of the global warp")
     a = ap.parse_args()
@@ -138,22 +170,31 @@ def main() -> None:
             rows: dict[str, dict[str, list[float]]] = {m: {} for m in methods}
             base = SimConfig(width=a.width, height=a.height, frames=a.frames, exposures=n_exp,
                              pixel_format=a.pixel_format)
-            for i in range(a.seeds):
-                for m, r in evaluate(split_config(split, i, base), methods, a.weights,
-                                        PreprocessConfig(interpolation=a.interpolation)).items():
-                    for k, v in r.items():
-                        rows[m].setdefault(k, []).extend(v)
+            with tempfile.TemporaryDirectory(prefix="hdrstream-vdp-") as tmp:
+                kept = []
+                for i in range(a.seeds):
+                    keep = Path(tmp) / f"{split}-{n_exp}-{i}.npz" if a.vdp else None
+                    for m, r in evaluate(split_config(split, i, base), methods, a.weights,
+                                         PreprocessConfig(interpolation=a.interpolation), keep).items():
+                        for k, v in r.items():
+                            rows[m].setdefault(k, []).extend(v)
+                    if keep is not None:
+                        kept.append(keep)
+                jods = vdp_scores(kept, fps=base.fps) if a.vdp else {}
             table = summarise(rows)
+            for m, v in jods.items():
+                table[m]["jod"] = float(np.mean(v))
+                table[m]["jod_min"] = float(np.min(v))
             report[f"{split}/{n_exp}"] = table
             print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
                   f"{a.width}x{a.height} {a.pixel_format}")
             print(f"  {'method':10s} {'PSNR-mu':>8s} {'motion':>8s} {'clipped':>8s} {'rest':>8s} {'PSNR-L':>8s} "
-                  f"{'flicker':>8s} {'hue':>7s} {'worst-dB':>8s} {'ms/frame':>9s}")
+                  f"{'flicker':>8s} {'hue':>7s} {'worst-dB':>8s} {'ms/frame':>9s}" + (f" {'JOD':>6s}" if a.vdp else ""))
             for m in methods:
                 t = table[m]
                 print(f"  {m:10s} {t['psnr_mu']:8.2f} {t['psnr_mu_motion']:8.2f} {t['psnr_mu_clipped']:8.2f} "
                       f"{t['psnr_mu_rest']:8.2f} {t['psnr_l']:8.2f} {t['flicker']:8.4f} {t['hue']:7.4f} "
-                      f"{t.get('worst_vs_classical', math.nan):8.2f} {t['ms']:9.1f}")
+                      f"{t.get('worst_vs_classical', math.nan):8.2f} {t['ms']:9.1f}" + (f" {t['jod']:6.2f}" if a.vdp else ""))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"args": vars(a), "figures": report}, indent=1))
