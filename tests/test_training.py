@@ -171,6 +171,23 @@ def test_refine_loss_is_normalised_by_the_badly_exposed_area():
     assert float(refine_l1(pred, gt, torch.ones_like(mask))) == pytest.approx(3 * 2 * 8)  # at least 1 pixel
 
 
+def test_the_linear_term_weighs_a_highlight_error_more_than_the_mu_law():
+    """A 10 % error costs the μ-law about as much in a shadow as in a highlight; the linear
+    term weighs the highlight's hundreds of times more, as PSNR-L and ColorVideoVDP do."""
+    from training.losses import linear_l1
+    gt = torch.full((1, 3, 8, 8), 0.0005)
+    gt[..., :, 4:] = 0.8
+    dark, bright = gt.clone(), gt.clone()
+    dark[..., :, :4] *= 1.1
+    bright[..., :, 4:] *= 1.1
+    mu = lambda p: float((mu_law(p) - mu_law(gt)).abs().mean())  # noqa: E731
+    assert mu(bright) < 2 * mu(dark) and float(linear_l1(bright, gt)) > 100 * float(linear_l1(dark, gt))
+    out, batch = {"hdr": bright}, {"gt_ref": gt}
+    total, terms = stage_loss("gate", out, batch, LossConfig(linear=2.0))
+    assert set(terms) == {"gate", "linear"} and terms["linear"] == pytest.approx(2 * float(linear_l1(bright, gt)))
+    assert set(stage_loss("gate", out, batch, LossConfig())[1]) == {"gate"}  # off by default: the paper's loss
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 

@@ -91,11 +91,14 @@ class LossConfig:
     perceptual: str = "ssim"  # substitute for VGG16: "ssim" (multi-scale), "grad" or "none"
     perceptual_weight: float = 0.2
     scales: int = 3  # scales of the perceptual substitute (VGG's relu1_2, 2_2, 3_3 ~ 1, 1/2, 1/4)
+    # L1 of the final HDR in linear light (normalised and clipped as PSNR-L): μ-law weighs the
+    # highlights little, PSNR-L and ColorVideoVDP weigh them most (0: the paper's loss)
+    linear: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual not in ("ssim", "grad", "none"):
             raise ValueError(f"loss.perceptual must be ssim|grad|none, got {self.perceptual!r}")
-        if min(self.coarse, self.refine, self.perceptual_weight) < 0 or self.scales < 1:
+        if min(self.coarse, self.refine, self.perceptual_weight, self.linear) < 0 or self.scales < 1:
             raise ValueError("loss weights must be >= 0 and scales >= 1")
 
 

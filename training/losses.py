@@ -38,6 +38,12 @@ def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
     return (mu_law(coarse) - mu_law(gt)).abs().mean()
 
 
+def linear_l1(hdr: Tensor, gt: Tensor) -> Tensor:
+    """Mean L1 in linear light, both clamped to [0, 1] as PSNR-L normalises: the error a
+    viewer sees in the highlights, which the μ-law compresses away."""
+    return (hdr.clamp(0.0, 1.0) - gt.clamp(0.0, 1.0)).abs().mean()
+
+
 def refine_l1(hdr: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
     """Eq. (6): ``sum |T - T̃| / sum (1 - M)`` over the batch.
 
@@ -140,6 +146,8 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
             terms["perceptual"] = lcfg.perceptual_weight * perceptual(
                 out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
+    if stage in ("gate", "refine", "e2e") and lcfg.linear > 0:
+        terms["linear"] = lcfg.linear * linear_l1(out["hdr"], batch["gt_ref"])
     if not terms:
         raise ValueError(f"stage {stage!r} has no loss term with a positive weight")
     total = sum(terms.values())
