@@ -281,6 +281,13 @@ def test_cli_trains_validates_and_exports_loadable_weights(tmp_path):
     with torch.no_grad():
         hdr = model(b["ldr"], b["expo"])["hdr"]
     assert hdr.shape == (1, 3, CROP, CROP) and torch.isfinite(hdr).all()
+    # a validated run resumes (its checkpoint holds the best scores as plain numbers: torch.load
+    # with weights_only=True refuses NumPy scalars, which once made every validated run unresumable)
+    rc = main(["--stage", "e2e", "--width", "0.125", "--steps", "3", "--batch-size", "1", "--crop", str(CROP),
+               "--out", str(out), "--no-progress", "--workers", "0", "--resume", "auto",
+               "--set", f"val_crop={CROP}", "--set", "val_size=2", "--set", "val_dynamic=2", "--set", "val_every=1",
+               "--set", f"cache_dir='{tmp_path / 'cache'}'", "--set", "data.pool=2"])
+    assert rc == 0 and [r["step"] for r in log_records(out / "log.jsonl", "val")][-1] == 3
 
 
 # -- config --------------------------------------------------------------------------------

@@ -426,7 +426,9 @@ class Trainer:
         return path
 
     def _load_checkpoint(self, path: str | Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # checkpoints written before 2026-12-06 hold NumPy float64 scores: allow exactly those
+        with torch.serialization.safe_globals([np._core.multiarray.scalar, np.dtype, type(np.dtype(np.float64))]):
+            state = torch.load(path, map_location="cpu", weights_only=True)
         if state.get("version") != CKPT_VERSION:
             raise ValueError(f"{path}: unknown checkpoint version {state.get('version')}")
         saved = json.loads(state["config"])
@@ -593,7 +595,8 @@ class Trainer:
                    f"± {val['vs_best']['se']:.3f} (paired standard error)"
         log.info("%s", msg)
         if self.best["metric"] is None or val["metric"] > self.best["metric"]:
-            self.best = {"metric": val["metric"], "step": self.step, "scores": _metric_scores(val)}
+            # plain Python numbers: a checkpoint loads with weights_only=True, which refuses NumPy scalars
+            self.best = {"metric": float(val["metric"]), "step": self.step, "scores": _metric_scores(val)}
             self.export(self.out / "best.safetensors", elapsed, val)
         return val
 
@@ -603,8 +606,8 @@ def _metric_scores(val: dict[str, Any]) -> list[float]:
     static = val["scores"]
     dynamic = val.get("dynamic", {}).get("scores")
     if not dynamic:
-        return [s / len(static) for s in static]
-    return [s / (2 * len(static)) for s in static] + [s / (2 * len(dynamic)) for s in dynamic]
+        return [float(s) / len(static) for s in static]
+    return [float(s) / (2 * len(static)) for s in static] + [float(s) / (2 * len(dynamic)) for s in dynamic]
 
 
 def paired_difference(scores: list[float], best: list[float]) -> dict[str, float]:
