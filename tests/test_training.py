@@ -188,6 +188,26 @@ def test_the_linear_term_weighs_a_highlight_error_more_than_the_mu_law():
     assert set(stage_loss("gate", out, batch, LossConfig())[1]) == {"gate"}  # off by default: the paper's loss
 
 
+def test_motion_weight_makes_an_error_where_things_move_cost_more():
+    """Where the neighbours' ground truth differs from the reference's, an error counts 1 + k
+    times; off (the default) the loss is the paper's unweighted L1."""
+    from training.losses import motion_weights
+    gt = torch.full((1, 3, 3, 8, 8), 0.2)
+    gt[:, 0, :, :, :2] = 0.6  # something moves over the two left columns in frame i-1
+    w = motion_weights(gt, 3.0)
+    assert w.shape == (1, 1, 8, 8) and torch.all(w[..., :2] == 4.0) and torch.all(w[..., 2:] == 1.0)
+    assert motion_weights(gt, 0.0) is None
+    static_err, moving_err = gt[:, 1].clone(), gt[:, 1].clone()
+    static_err[..., 4:6] *= 1.5
+    moving_err[..., :2] *= 1.5
+    out = lambda p: {"hdr": p, "coarse": gt[:, 1:2]}  # noqa: E731
+    batch = {"gt": gt, "gt_ref": gt[:, 1]}
+    plain = [stage_loss("gate", out(p), batch, LossConfig())[0] for p in (static_err, moving_err)]
+    weighted = [stage_loss("gate", out(p), batch, LossConfig(motion_weight=3.0))[0] for p in (static_err, moving_err)]
+    assert plain[0] == pytest.approx(float(plain[1]))  # same error, same cost
+    assert weighted[1] > 2 * weighted[0]
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 

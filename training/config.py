@@ -94,11 +94,15 @@ class LossConfig:
     # L1 of the final HDR in linear light (normalised and clipped as PSNR-L): μ-law weighs the
     # highlights little, PSNR-L and ColorVideoVDP weigh them most (0: the paper's loss)
     linear: float = 0.0
+    # pixels that move between the reference and its neighbours (ground truth differs by more
+    # than MOTION_TOL in μ-law) count 1 + motion_weight times in the μ-law L1 terms: a ghost
+    # there costs more than the noise a static area averages away (0: the paper's loss)
+    motion_weight: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual not in ("ssim", "grad", "none"):
             raise ValueError(f"loss.perceptual must be ssim|grad|none, got {self.perceptual!r}")
-        if min(self.coarse, self.refine, self.perceptual_weight, self.linear) < 0 or self.scales < 1:
+        if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight) < 0 or self.scales < 1:
             raise ValueError("loss weights must be >= 0 and scales >= 1")
 
 

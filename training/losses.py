@@ -38,6 +38,29 @@ def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
     return (mu_law(coarse) - mu_law(gt)).abs().mean()
 
 
+MOTION_TOL = 0.02  # μ-law difference of the ground truth that counts as motion
+
+
+def motion_weights(gt: Tensor, weight: float) -> Tensor | None:
+    """(B, 1, H, W) per-pixel loss weights, 1 + ``weight`` where the scene moves between the
+    reference and its neighbours: ``gt`` (B, 3, 3, H, W) is the ground truth of frames i-1, i,
+    i+1. None when ``weight`` is 0 (every pixel counts the same)."""
+    if weight <= 0:
+        return None
+    t = mu_law(gt)
+    moved = torch.maximum((t[:, 0] - t[:, 1]).abs().amax(1), (t[:, 2] - t[:, 1]).abs().amax(1)) > MOTION_TOL
+    return 1.0 + weight * moved.unsqueeze(1).to(gt.dtype)
+
+
+def _weighted_l1(pred: Tensor, gt: Tensor, w: Tensor | None) -> Tensor:
+    """μ-law L1, a weighted mean when ``w`` (broadcastable to pred) is given."""
+    d = (mu_law(pred) - mu_law(gt)).abs()
+    if w is None:
+        return d.mean()
+    w = w.expand_as(d)
+    return (d * w).sum() / w.sum()
+
+
 def linear_l1(hdr: Tensor, gt: Tensor) -> Tensor:
     """Mean L1 in linear light, both clamped to [0, 1] as PSNR-L normalises: the error a
     viewer sees in the highlights, which the μ-law compresses away."""
@@ -132,15 +155,19 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         lcfg: :class:`training.config.LossConfig`.
     """
     terms: dict[str, Tensor] = {}
+    w = motion_weights(batch["gt"], lcfg.motion_weight) if "gt" in batch else None
     if stage == "gate":  # the gated final HDR, every pixel counts (the gate also acts where M = 1)
-        terms["gate"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
+        terms["gate"] = lcfg.refine * _weighted_l1(out["hdr"], batch["gt_ref"], w)
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         # without RefineNet only the reference's window runs: "coarse" is (B, 1, 3, H, W)
         gt = batch["gt"] if out["coarse"].shape[1] == batch["gt"].shape[1] else batch["gt"][:, 1:2]
-        terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], gt)
+        if w is None:
+            terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], gt)
+        else:  # the reference's motion weighs each coarse HDR alike
+            terms["coarse"] = lcfg.coarse * _weighted_l1(out["coarse"], gt, w.unsqueeze(1))
     if stage in ("refine", "e2e"):
         if "gate" in out or "mask" not in out:  # a gate (or no eq. 4 blend) acts everywhere: M = 1 pixels count too
-            terms["refine"] = lcfg.refine * (mu_law(out["hdr"]) - mu_law(batch["gt_ref"])).abs().mean()
+            terms["refine"] = lcfg.refine * _weighted_l1(out["hdr"], batch["gt_ref"], w)
         else:
             terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
