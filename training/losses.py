@@ -35,7 +35,7 @@ def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
 
 def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
     """Mean L1 between μ-law coarse HDRs and ground truth, any matching shapes (B, 3, 3, H, W)."""
-    return (mu_law(coarse) - mu_law(gt)).abs().mean()
+    return _weighted_l1(coarse, gt, None)
 
 
 MOTION_TOL = 0.02  # μ-law difference of the ground truth that counts as motion
@@ -161,10 +161,8 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         # without RefineNet only the reference's window runs: "coarse" is (B, 1, 3, H, W)
         gt = batch["gt"] if out["coarse"].shape[1] == batch["gt"].shape[1] else batch["gt"][:, 1:2]
-        if w is None:
-            terms["coarse"] = lcfg.coarse * coarse_loss(out["coarse"], gt)
-        else:  # the reference's motion weighs each coarse HDR alike
-            terms["coarse"] = lcfg.coarse * _weighted_l1(out["coarse"], gt, w.unsqueeze(1))
+        # the reference's motion weighs each coarse HDR alike
+        terms["coarse"] = lcfg.coarse * _weighted_l1(out["coarse"], gt, None if w is None else w.unsqueeze(1))
     if stage in ("refine", "e2e"):
         if "gate" in out or "mask" not in out:  # a gate (or no eq. 4 blend) acts everywhere: M = 1 pixels count too
             terms["refine"] = lcfg.refine * _weighted_l1(out["hdr"], batch["gt_ref"], w)
