@@ -17,6 +17,7 @@ each whole sequence, scored by bench/vdp.py in its own environment (`make vdp`).
     .venv/bin/python bench/quality.py [--split static,dynamic] [--methods reference,classical,coarse,net] [--seeds 4]
     .venv/bin/python bench/quality.py --exposures 2 --weights out/train/refine2/best.safetensors --json out/q.json
     make vdp && .venv/bin/python bench/quality.py --vdp --methods classical,coarse,net
+    .venv/bin/python bench/quality.py --methods classical --warp deferred --classical flow_max_px=512
 
 By default every method that can run: reference, classical, and CoarseNet alone and the full
 network where shipped weights exist (infer/weights/).
@@ -24,6 +25,8 @@ network where shipped weights exist (infer/weights/).
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
 import json
 import math
 import subprocess
@@ -34,6 +37,7 @@ import numpy as np
 
 from capture.sim import SimCamera, SimConfig
 from hdrstream import quality
+from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.method import window_frames
 from infer.netrecon import default_weights
 from infer.stage import InferStage
@@ -45,13 +49,18 @@ VDP_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vdp" / "bin" / "pyt
 
 
 def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
-             pre_cfg: PreprocessConfig | None = None, keep: Path | None = None) -> dict[str, dict[str, list[float]]]:
+             pre_cfg: PreprocessConfig | None = None, keep: Path | None = None,
+             classical: ClassicalConfig | None = None) -> dict[str, dict[str, list[float]]]:
     """Per-frame figures of each method on one sequence; with ``keep``, the sequence's
     normalised predictions and ground truth are also written there (float16 .npz) for
-    ColorVideoVDP."""
+    ColorVideoVDP. ``classical``: the classical merge's tuning, if not its defaults."""
     cam = SimCamera(cfg)
     pre = Preprocessor(pre_cfg or PreprocessConfig())
     infer = InferStage(method=methods[0], compare=methods[1:])
+    if classical is not None:
+        for i, rec in enumerate(infer.methods):
+            if rec.name == "classical":
+                infer.methods[i] = ClassicalReconstructor(classical)
     if weights:  # candidate weights instead of the shipped ones
         for rec in infer.methods:
             if rec.name in ("net", "net-refine", "coarse"):
@@ -138,6 +147,14 @@ def summarise(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def _parse_value(text: str) -> object:
+    """A command-line value as the Python literal it spells (int, float, bool, None), else the text."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", default="static,dynamic", help="comma-separated: static, dynamic")
@@ -155,7 +172,19 @@ def main() -> None:
                     "about 25 s of CPU per method and 12-frame sequence)")
     ap.add_argument("--interpolation", default=PreprocessConfig.interpolation, choices=("linear", "cubic"),
                     help="preprocess's resampling of the global warp")
+    ap.add_argument("--warp", default="here", choices=("here", "deferred"),
+                    help="global warp applied in preprocess, or folded into the methods that can (as live does)")
+    ap.add_argument("--classical", action="append", default=[], metavar="KEY=VALUE",
+                    help="a ClassicalConfig field for the classical method (repeatable), e.g. flow_max_px=512")
     a = ap.parse_args()
+    classical = None
+    if a.classical:
+        fields = {f.name: f.type for f in dataclasses.fields(ClassicalConfig)}
+        kv = dict(item.split("=", 1) for item in a.classical)
+        unknown = sorted(set(kv) - set(fields))
+        if unknown:
+            ap.error(f"unknown ClassicalConfig field(s) {unknown}; known: {', '.join(fields)}")
+        classical = ClassicalConfig(**{k: _parse_value(v) for k, v in kv.items()})
     if a.weights and "," in a.exposures:
         ap.error("--weights scores one network: give --exposures 2 or 3")
     splits = [s for s in a.split.split(",") if s]
@@ -175,7 +204,9 @@ def main() -> None:
                 for i in range(a.seeds):
                     keep = Path(tmp) / f"{split}-{n_exp}-{i}.npz" if a.vdp else None
                     for m, r in evaluate(split_config(split, i, base), methods, a.weights,
-                                         PreprocessConfig(interpolation=a.interpolation), keep).items():
+                                         PreprocessConfig(interpolation=a.interpolation,
+                                                          defer_warp=a.warp == "deferred"),
+                                         keep, classical).items():
                         for k, v in r.items():
                             rows[m].setdefault(k, []).extend(v)
                     if keep is not None:
@@ -187,7 +218,8 @@ def main() -> None:
                 table[m]["jod_min"] = float(np.min(v))
             report[f"{split}/{n_exp}"] = table
             print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
-                  f"{a.width}x{a.height} {a.pixel_format}")
+                  f"{a.width}x{a.height} {a.pixel_format}, warp {a.warp}"
+                  + (f", classical {' '.join(a.classical)}" if a.classical else ""))
             print(f"  {'method':10s} {'PSNR-mu':>8s} {'motion':>8s} {'clipped':>8s} {'rest':>8s} {'PSNR-L':>8s} "
                   f"{'flicker':>8s} {'hue':>7s} {'worst-dB':>8s} {'ms/frame':>9s}" + (f" {'JOD':>6s}" if a.vdp else ""))
             for m in methods:

@@ -5,12 +5,18 @@ frame), for RGB8 and BayerRG8 camera output; the pipelined run shows what overla
 the stages on threads buys.
 
     .venv/bin/python bench/stages.py [--width 1536 --height 813 --frames 12] [--exposures 2]
-                                     [--profile [N]] [--scale S]
+                                     [--profile [N]] [--scale S] [--warp here|deferred]
+                                     [--source replay|sim|both]
 
 ``--profile`` adds, per stage, the N functions with the most own time (cProfile; the
 stage's frames after the warm-up one), so the figures say where each stage's time goes.
 The pipeline's figure is the whole run (start-up and drain included) and its steady state;
 use --frames 40 or more for the latter. ``--scale`` times the reduced live mode.
+``--warp`` says where the global alignment is applied: in preprocess (``here``) or folded
+into the classical merge's resampling (``deferred``, what ``hdrstream live`` does for it).
+``--source``: the pipeline's frames come pre-rendered from memory (``replay``: as a
+camera's driver hands them over, no host work), or rendered by the simulated camera on
+the source's thread (``sim``: the render's CPU time competes with the stages).
 """
 from __future__ import annotations
 
@@ -29,6 +35,21 @@ from hdrstream.memory import keep_freed_memory
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from sink.stage import Sink, SinkConfig
+
+
+class Replay:
+    """A source of frames already rendered: a camera whose frames cost the host nothing."""
+
+    name = "replay"
+
+    def __init__(self, frames: list) -> None:
+        self._frames = frames
+
+    def frames(self):
+        yield from self._frames
+
+    def close(self) -> None:
+        pass
 
 
 PROFILE_TOP = 0  # set by --profile
@@ -76,7 +97,8 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
     it = iter(cam.frames())
     frames, t_cap = timed(lambda _: [next(it)], range(a.frames), "capture")
     print(f"  capture (sim render)   {ms(t_cap)}")
-    pre = Preprocessor(PreprocessConfig(scale=a.scale))
+    pre_cfg = PreprocessConfig(scale=a.scale, defer_warp=a.warp == "deferred")
+    pre = Preprocessor(pre_cfg)
     windows, t_pre = timed(pre.process, frames, "preprocess")
     windows += list(pre.finish())
     print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
@@ -92,17 +114,21 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
         print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
         if a.no_pipeline:
             return
-        stamps: list[float] = []
-        t0 = time.perf_counter()
-        run_embedded(SimCamera(cfg), [Preprocessor(PreprocessConfig(scale=a.scale)), InferStage(method="classical"),
-                                      Sink(SinkConfig(out_dir=tmp + "/p", video=False))],
-                     on_output=lambda _: stamps.append(time.perf_counter()))
-        dt = time.perf_counter() - t0
-        print(f"  embedded pipeline      {1e3 * dt / a.frames:7.1f} ms/frame  ({a.frames / dt:.2f} frames/s, threads overlap stages)")
-        k = len(stamps) // 4  # steady state: from the first quarter of the outputs on (no start-up, no drain)
-        if len(stamps) - k >= 3:
-            rate = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k])
-            print(f"  ... steady state       {1e3 / rate:7.1f} ms/frame  ({rate:.2f} frames/s over outputs {k}..{len(stamps) - 1})")
+        sources = {"replay": lambda: Replay(frames), "sim": lambda: SimCamera(cfg)}
+        for name in ("replay", "sim") if a.source == "both" else (a.source,):
+            stamps: list[float] = []
+            t0 = time.perf_counter()
+            run_embedded(sources[name](), [Preprocessor(pre_cfg), InferStage(method="classical", threads=a.infer_threads),
+                                           Sink(SinkConfig(out_dir=f"{tmp}/{name}", video=False))],
+                         on_output=lambda _: stamps.append(time.perf_counter()))
+            dt = time.perf_counter() - t0
+            print(f"  embedded, {name:6s}       {1e3 * dt / a.frames:7.1f} ms/frame  ({a.frames / dt:.2f} frames/s, "
+                  "threads overlap stages)")
+            k = len(stamps) // 4  # steady state: from the first quarter of the outputs on (no start-up, no drain)
+            if len(stamps) - k >= 3:
+                rate = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k])
+                print(f"  ... steady state       {1e3 / rate:7.1f} ms/frame  ({rate:.2f} frames/s over outputs "
+                      f"{k}..{len(stamps) - 1})")
 
 
 def main() -> None:
@@ -116,6 +142,12 @@ def main() -> None:
                     help="print the N functions with the most own time per stage (default 12)")
     ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
     ap.add_argument("--scale", type=float, default=1.0, help="the reduced live mode (hdrstream live --scale)")
+    ap.add_argument("--warp", choices=("here", "deferred"), default="deferred",
+                    help="global alignment applied in preprocess, or folded into the merge (default, as live does)")
+    ap.add_argument("--infer-threads", type=int, default=None,
+                    help="the pipeline's infer stage: windows at once (default: one per core, as live does)")
+    ap.add_argument("--source", choices=("replay", "sim", "both"), default="both",
+                    help="the pipeline's camera: frames pre-rendered in memory, or rendered live (default: both)")
     a = ap.parse_args()
     keep_freed_memory()  # as the hdrstream command does
     global PROFILE_TOP

@@ -36,6 +36,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
                    help="reduced live mode: reconstruct at this fraction of the camera's resolution (e.g. 0.5: "
                         "~4x less work a frame); the report and the summary say so")
     g.add_argument("--no-preview", action="store_true", help="no per-frame PNG previews or video")
+    g.add_argument("--infer-threads", type=int, default=None, metavar="N",
+                   help="windows reconstructed at once (default: one per core for classical and reference, "
+                        "1 with a network method)")
 
 
 def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path | None, total: int | None) -> int:
@@ -52,10 +55,13 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
         args.compare = "reference,net" if network_shipped() else "reference"
     compare = [m for m in args.compare.split(",") if m and m != args.method]
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
+    infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
+                       tile=args.tile, threads=getattr(args, "infer_threads", None))
+    # methods that fold the global warps into their own resampling get the frames unwarped
+    defer = True if infer.folds_warps else None
     stages = [
-        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
-        InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
-                   tile=args.tile),
+        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale, defer_warp=defer)),
+        infer,
         Sink(SinkConfig(
             out_dir=str(out_dir), preview=not args.no_preview, video=not args.no_preview,
             gt_dir=str(gt_dir) if gt_dir else None, main_method=args.method,

@@ -45,6 +45,7 @@ frames are the last resort.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -220,7 +221,7 @@ class ClassicalReconstructor:
         nbrs = [j for j in range(len(exposures)) if j != ref] if nbrs is None else list(nbrs)
         maps = _Flows(self, frames, exposures, ref).maps(nbrs)
         h, w = frames.shape[1:3]
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        gx, gy = _grid(h, w)
         out = np.empty((len(nbrs), h, w, 2), np.float32)
         for k, j in enumerate(nbrs):
             out[k, ..., 0] = maps[j][..., 0] - gx
@@ -279,6 +280,14 @@ class ClassicalReconstructor:
         return np.exp(d, out=d)
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel x and y coordinates (H, W) float32, read-only: made once per image size, not per window."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx.flags.writeable = gy.flags.writeable = False
+    return gx, gy
+
+
 def _planes3(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """(H, W) → (H, W, 3), each channel a copy (into ``out`` if given): OpenCV's per-element
     products with an RGB image are several times faster than NumPy's broadcast of ``x[..., None]``."""
@@ -332,7 +341,7 @@ class _Flows:
     def maps(self, nbrs: list[int]) -> dict[int, np.ndarray]:
         """Absolute sampling maps (H, W, 2) for ``cv2.remap`` of each neighbour onto the reference."""
         h, w = self.full
-        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        gx, gy = _grid(h, w)
         out = {}
         for j in nbrs:
             flow = self._flow_to(j)
@@ -410,8 +419,7 @@ def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) ->
     ``bias`` is in grey units ([0, 1]): how much lower the flow must bring the local mean
     absolute difference before it is trusted.
     """
-    h, w = a.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx, gy = _grid(*a.shape)
     bw = cv2.remap(b, flow[..., 0] + gx, flow[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     k = (7, 7)
     e_flow = cv2.blur(cv2.absdiff(a, bw).astype(np.float32), k)
