@@ -12,8 +12,8 @@ the stages on threads buys.
 stage's frames after the warm-up one), so the figures say where each stage's time goes.
 The pipeline's figure is the whole run (start-up and drain included) and its steady state;
 use --frames 40 or more for the latter. ``--scale`` times the reduced live mode.
-``--warp`` says where the global alignment is applied: in preprocess (``here``) or folded
-into the classical merge's resampling (``deferred``, what ``hdrstream live`` does for it).
+``--warp`` says where the global alignment is applied: in preprocess (``here``, what
+``hdrstream live`` does) or folded into the classical merge's resampling (``deferred``).
 ``--source``: the pipeline's frames come pre-rendered from memory (``replay``: as a
 camera's driver hands them over, no host work), or rendered by the simulated camera on
 the source's thread (``sim``: the render's CPU time competes with the stages).
@@ -24,6 +24,7 @@ import argparse
 import cProfile
 import io
 import pstats
+import resource
 import tempfile
 import time
 
@@ -88,6 +89,23 @@ def ms(times) -> str:
     return f"{1e3 * float(np.mean(times)):7.1f} ms/frame (p50 {1e3 * float(np.median(times)):6.1f})"
 
 
+def stage_times(frames: list, pre_cfg: PreprocessConfig, t_cap: list[float], tmp: str) -> None:
+    """Each stage alone on the same input, one after the other."""
+    pre = Preprocessor(pre_cfg)
+    windows, t_pre = timed(pre.process, frames, "preprocess")
+    windows += list(pre.finish())
+    print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
+    inf = InferStage(method="classical")
+    hdrs, t_inf = timed(inf.process, windows, "infer classical")
+    print(f"  infer classical        {ms(t_inf)}")
+    sink = Sink(SinkConfig(out_dir=f"{tmp}/stages", video=False, background=False))  # inline: the work itself
+    _, t_sink = timed(sink.process, hdrs, "sink")
+    sink.finish()
+    print(f"  sink (EXR + preview)   {ms(t_sink)}")
+    total = sum(float(np.mean(t)) for t in (t_cap, t_pre, t_inf, t_sink))
+    print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
+
+
 def bench(fmt: str, a: argparse.Namespace) -> None:
     height = a.height + (a.height % 2 if fmt.startswith("Bayer") else 0)  # a mosaic has even rows
     cfg = SimConfig(width=a.width, height=height, frames=a.frames, exposures=a.exposures, pixel_format=fmt)
@@ -98,32 +116,26 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
     frames, t_cap = timed(lambda _: [next(it)], range(a.frames), "capture")
     print(f"  capture (sim render)   {ms(t_cap)}")
     pre_cfg = PreprocessConfig(scale=a.scale, defer_warp=a.warp == "deferred")
-    pre = Preprocessor(pre_cfg)
-    windows, t_pre = timed(pre.process, frames, "preprocess")
-    windows += list(pre.finish())
-    print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
-    inf = InferStage(method="classical")
-    hdrs, t_inf = timed(inf.process, windows, "infer classical")
-    print(f"  infer classical        {ms(t_inf)}")
     with tempfile.TemporaryDirectory() as tmp:
-        sink = Sink(SinkConfig(out_dir=tmp, video=False, background=False))  # inline: time the work itself
-        _, t_sink = timed(sink.process, hdrs, "sink")
-        sink.finish()
-        print(f"  sink (EXR + preview)   {ms(t_sink)}")
-        total = sum(float(np.mean(t)) for t in (t_cap, t_pre, t_inf, t_sink))
-        print(f"  sum of stages          {1e3 * total:7.1f} ms/frame")
+        if not a.pipeline_only:
+            stage_times(frames, pre_cfg, t_cap, tmp)
         if a.no_pipeline:
             return
         sources = {"replay": lambda: Replay(frames), "sim": lambda: SimCamera(cfg)}
         for name in ("replay", "sim") if a.source == "both" else (a.source,):
             stamps: list[float] = []
+            cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             run_embedded(sources[name](), [Preprocessor(pre_cfg), InferStage(method="classical", threads=a.infer_threads),
                                            Sink(SinkConfig(out_dir=f"{tmp}/{name}", video=False))],
                          on_output=lambda _: stamps.append(time.perf_counter()))
             dt = time.perf_counter() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+            user, system = cpu1.ru_utime - cpu0.ru_utime, cpu1.ru_stime - cpu0.ru_stime
             print(f"  embedded, {name:6s}       {1e3 * dt / a.frames:7.1f} ms/frame  ({a.frames / dt:.2f} frames/s, "
                   "threads overlap stages)")
+            print(f"  ... CPU time           {1e3 * (user + system) / a.frames:7.1f} ms/frame  (user {1e3 * user / a.frames:.0f}"
+                  f" + system {1e3 * system / a.frames:.0f}; {(user + system) / dt:.2f} cores busy)")
             k = len(stamps) // 4  # steady state: from the first quarter of the outputs on (no start-up, no drain)
             if len(stamps) - k >= 3:
                 rate = (len(stamps) - 1 - k) / (stamps[-1] - stamps[k])
@@ -141,9 +153,10 @@ def main() -> None:
     ap.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="N",
                     help="print the N functions with the most own time per stage (default 12)")
     ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
+    ap.add_argument("--pipeline-only", action="store_true", help="the embedded pipeline only, no stage times")
     ap.add_argument("--scale", type=float, default=1.0, help="the reduced live mode (hdrstream live --scale)")
-    ap.add_argument("--warp", choices=("here", "deferred"), default="deferred",
-                    help="global alignment applied in preprocess, or folded into the merge (default, as live does)")
+    ap.add_argument("--warp", choices=("here", "deferred"), default="here",
+                    help="global alignment applied in preprocess (default, as live does), or folded into the merge")
     ap.add_argument("--infer-threads", type=int, default=None,
                     help="the pipeline's infer stage: windows at once (default: one per core, as live does)")
     ap.add_argument("--source", choices=("replay", "sim", "both"), default="both",

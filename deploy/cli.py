@@ -57,10 +57,8 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
                        tile=args.tile, threads=getattr(args, "infer_threads", None))
-    # methods that fold the global warps into their own resampling get the frames unwarped
-    defer = True if infer.folds_warps else None
     stages = [
-        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale, defer_warp=defer)),
+        Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
         infer,
         Sink(SinkConfig(
             out_dir=str(out_dir), preview=not args.no_preview, video=not args.no_preview,

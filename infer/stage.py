@@ -60,11 +60,6 @@ class InferStage:
         self._pending: deque[tuple[Frame, Future[list[Frame]]]] = deque()
         self._local = threading.local()
 
-    @property
-    def folds_warps(self) -> bool:
-        """Every method takes its windows unwarped (preprocess can then leave the warps to them)."""
-        return all(getattr(rec, "folds_warps", False) for rec in self.methods)
-
     def _make_methods(self) -> list:
         return [make_reconstructor(n, *self._options) for n in self._names]
 

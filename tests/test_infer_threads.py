@@ -1,5 +1,5 @@
 """The infer stage with several threads: same HDR frames, same order, failures counted;
-and methods that fold the global warps get their windows unwarped in the embedded graph."""
+and the reference method on unwarped windows."""
 from __future__ import annotations
 
 import logging
@@ -54,12 +54,13 @@ def test_streaming_network_methods_refuse_threads():
 
 
 def test_the_reference_method_folds_warps_with_the_same_pixels():
-    """Unwarped windows (the embedded default when every method folds the warps; classical's
-    own equivalence is tested in test_classical) against preprocess's warped ones."""
+    """Unwarped windows (codes windows, ``defer_warp``; classical's own equivalence is tested in
+    test_classical) against preprocess's warped ones: no apply_warps for a method that reads
+    only the reference."""
     deferred, warped = sim_windows(defer=True), sim_windows(defer=False)
     assert any(not np.allclose(w.meta["warps"], [1, 0, 0, 0, 1, 0]) for w in warped)  # the camera moved
     stage = InferStage("reference", compare=["classical"])
-    assert stage.folds_warps and not InferStage("classical", compare=["coarse"]).folds_warps
+    assert all(rec.folds_warps for rec in stage.methods)
     for d, w in zip(deferred, warped, strict=True):
         assert d.meta["warped"] is False and w.meta["warped"] is True
         np.testing.assert_array_equal(stage.process(d)[0].data, stage.process(w)[0].data)
