@@ -98,6 +98,8 @@ class NetReconstructor:
     ``tile_margin`` more context on every side, cropped off), so memory stays bounded at any
     frame size; 0 never tiles, None tiles frames above ``AUTO_TILE_PIXELS``. Seams differ
     from whole-frame inference only where the network looks further than the margin.
+    ``denoise``: filter the output as the classical merge filters its own (``infer.denoise``,
+    ``ClassicalConfig.denoise``), so the methods compare like for like.
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class NetReconstructor:
         precision: str = "auto",
         tile: int | None = None,
         tile_margin: int = TILE_MARGIN,
+        denoise: bool = True,
     ) -> None:
         if name not in NAMES:
             raise ValueError(f"NetReconstructor is one of {NAMES}, got {name!r}")
@@ -116,6 +119,7 @@ class NetReconstructor:
             if v < 0 or v % TILE_MULTIPLE:
                 raise ValueError(f"{what} must be a non-negative multiple of {TILE_MULTIPLE}, got {v}")
         self.tile, self.tile_margin = tile, tile_margin
+        self.denoise = denoise
         self.name = name
         self.weights = {n: Path(p) for n, p in (weights or {}).items()}
         self.device = _device(device)
@@ -203,7 +207,7 @@ class NetReconstructor:
         net = self.model(_exposures_in_window(n))
         with self._autocast():
             hdr = self._windowed(net, frames, exposures, ref)
-        return self._gated(net, frames, exposures, ref, hdr)
+        return self._finish(net, frames, exposures, ref, hdr)
 
     def _coarse_only(self, net) -> bool:
         """Stop at CoarseNet's HDR of the reference's window (no RefineNet)?"""
@@ -253,15 +257,22 @@ class NetReconstructor:
         self.tiles_run += 1
         return out
 
-    def _gated(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int, hdr: np.ndarray) -> np.ndarray:
+    def _finish(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int, hdr: np.ndarray) -> np.ndarray:
         """With a gate (``NetConfig.classical_gate``) the final HDR is blended with the
-        classical merge of the same window; the "coarse" ablation is never gated."""
-        if net.gate is None or self.name == "coarse":
-            return hdr
+        classical merge of the same window; the "coarse" ablation is never gated. Then,
+        with ``denoise``, filtered against the noise it keeps as the classical merge filters
+        its own (after the gate, which was trained on the plain merge)."""
         if self._classical is None:
             self._classical = ClassicalReconstructor()
-        merged, conf, agree = self._classical.reconstruct_with_cues(frames, exposures, ref)
-        t_min = np.float32(min(exposures))
+        if (net.gate is None or self.name == "coarse") and not self.denoise:
+            return hdr
+        merged, conf, agree, noise = self._classical.reconstruct_with_cues(frames, exposures, ref)
+        if net.gate is not None and self.name != "coarse":
+            hdr = self._gate(net, frames, ref, hdr, merged, conf, agree, np.float32(min(exposures)))
+        return self._classical.denoise(hdr, float(exposures[ref]), noise) if self.denoise else hdr
+
+    def _gate(self, net, frames: np.ndarray, ref: int, hdr: np.ndarray, merged: np.ndarray, conf: np.ndarray,
+              agree: np.ndarray, t_min: np.float32) -> np.ndarray:
         h = hdr.shape[0]
         out = np.empty_like(hdr)
         r = net.gate.radius
@@ -301,7 +312,7 @@ class NetReconstructor:
         net = self.model(_exposures_in_window(n))
         with self._autocast():
             hdr = self._streamed(net, frames, exposures, ref, seqs, warps)
-        return self._gated(net, frames, exposures, ref, hdr)
+        return self._finish(net, frames, exposures, ref, hdr)
 
     def _streamed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int,
                   seqs: Sequence[int], warps: Sequence[Sequence[float]]) -> np.ndarray:

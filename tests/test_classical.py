@@ -230,13 +230,13 @@ def test_the_agreement_cue_tells_motion_from_clipping(exps):
     moved = frames.copy()
     moved[k + 1, 10:30, 20:40] = moved[k + 1, 10:30, 20:40][::-1, ::-1]
     rec = ClassicalReconstructor()
-    merged, conf, agree = rec.reconstruct_with_cues(frames, seq_exps, k)
+    merged, conf, agree, _ = rec.reconstruct_with_cues(frames, seq_exps, k)
     assert np.array_equal(merged, rec.reconstruct(frames, seq_exps, k))
     assert np.array_equal(conf, rec.reconstruct_with_confidence(frames, seq_exps, k)[1])
     assert np.all(conf <= agree + 1e-7)
     clipped = frames[k].max(axis=2) >= 0.99
     assert clipped.any() and conf[clipped].max() < 0.05 and np.median(agree[clipped]) > 0.9
-    _, _, agree_moved = rec.reconstruct_with_cues(moved, seq_exps, k)
+    _, _, agree_moved, _ = rec.reconstruct_with_cues(moved, seq_exps, k)
     assert np.median(agree_moved[14:26, 24:36]) < 0.2
 
 

@@ -268,7 +268,7 @@ class Trainer:
         c = ldr.shape[1] // 2
         merged, conf, agree = [], [], []
         for frames, e in zip(ldr.float().cpu().numpy(), expo.float().cpu().tolist()):
-            H, k, a = self._classical.reconstruct_with_cues(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
+            H, k, a, _ = self._classical.reconstruct_with_cues(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
             merged.append(torch.from_numpy(H.transpose(2, 0, 1).copy()))
             conf.append(torch.from_numpy(k[None].copy()))
             agree.append(torch.from_numpy(a[None].copy()))

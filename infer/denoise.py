@@ -1,0 +1,75 @@
+"""The noise a merge leaves, and an edge-preserving filter against it.
+
+A merge averages the frames that agree with the reference, so where few do (a short
+reference, clipped neighbours, anything that moves) it keeps most of the reference's shot
+noise; on footage from a camera with a small full well that noise is most of the error.
+
+Shot noise has a variance proportional to the signal, so in the square root of the
+linear signal, y = sqrt(H·t_ref) (1.0 where the reference saturates), its standard
+deviation is the same at every brightness: 1 / (2·sqrt(full well in electrons)). There
+one filter strength fits the whole frame. The strength comes from the window itself, not
+from a camera's data sheet: the reference and the nearest frame of its own exposure differ,
+where nothing moves, by noise alone (a robust spread of their difference, outliers from
+motion and misalignment trimmed), and averaging ``merged`` frames' worth of light divides
+that by sqrt(merged). The filter is a bilateral one in y: it averages neighbouring pixels
+whose difference noise explains, and leaves edges and texture that stand out of it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+
+from infer.mask import EXPOSURE_TOL
+
+_VALID = (0.03, 0.9)  # gamma values the estimate trusts: above the darkest codes, below clipping
+_STEP = 2  # the estimate reads every other pixel in each direction
+_MAD_TO_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
+
+
+def reference_noise(frames: np.ndarray, exposures: Sequence[float], ref: int,
+                    mats: Sequence[np.ndarray | None] | None = None) -> float | None:
+    """Standard deviation of the reference's noise in y = sqrt(linear) units, from its
+    difference to the nearest frame of the same exposure; None without such a frame or
+    with too few pixels to tell. ``mats``: the frames' 2x3 onto the reference when they
+    are not warped yet (that frame is then resampled nearest-neighbour: interpolating
+    would average its noise away)."""
+    t_ref = float(exposures[ref])
+    same = [j for j in range(len(exposures)) if j != ref and abs(exposures[j] - t_ref) <= EXPOSURE_TOL * t_ref]
+    if not same:
+        return None
+    j = min(same, key=lambda k: abs(k - ref))
+    a = np.asarray(frames[ref], np.float32)[::_STEP, ::_STEP]
+    b = np.asarray(frames[j], np.float32)
+    M = mats[j] if mats is not None else None
+    if M is not None:
+        h, w = b.shape[:2]
+        b = cv2.warpAffine(b, np.asarray(M, np.float64), (w, h), flags=cv2.INTER_NEAREST,
+                           borderMode=cv2.BORDER_REPLICATE)
+    b = b[::_STEP, ::_STEP]
+    ok = (a.min(axis=2) > _VALID[0]) & (a.max(axis=2) < _VALID[1]) & (b.min(axis=2) > _VALID[0]) & (b.max(axis=2) < _VALID[1])
+    if ok.sum() < 1000:
+        return None
+    d = (cv2.pow(a, 1.1) - cv2.pow(b, 1.1))[ok].ravel()  # y = L^1.1 = sqrt(L^2.2)
+    d -= np.median(d)
+    spread = _MAD_TO_SIGMA * float(np.median(np.abs(d)))
+    d = d[np.abs(d) < 3.0 * spread]  # motion and misalignment are not noise: trim, then look again
+    if d.size < 1000:
+        return None
+    # the spread of a difference of two frames is sqrt(2) times one frame's; the trim at 3σ
+    # leaves a Gaussian's spread 1.4 % too low, close enough
+    return _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+
+
+def denoise(H: np.ndarray, t_ref: float, sigma: float, px: int = 5) -> np.ndarray:
+    """Bilateral filter of linear HDR ``H`` (per unit exposure) in y = sqrt(H·t_ref), its
+    range ``sigma`` (y units), over ``px`` × ``px`` pixels; a new float32 array."""
+    if sigma <= 0:
+        return H
+    y = np.multiply(H, np.float32(t_ref), dtype=np.float32)
+    np.maximum(y, np.float32(0.0), out=y)
+    cv2.sqrt(y, dst=y)
+    out = cv2.bilateralFilter(y, px, float(sigma), px / 2.0)
+    cv2.multiply(out, out, dst=out, scale=1.0 / t_ref)
+    return out

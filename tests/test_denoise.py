@@ -1,0 +1,96 @@
+"""infer.denoise: the noise estimate from the window itself, and the filter against it."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hdrstream.quality import psnr_mu
+from infer.classical import ClassicalConfig, ClassicalReconstructor
+from infer.denoise import denoise, reference_noise
+
+
+def shot_noisy(lin: np.ndarray, full_well: float, rng: np.random.Generator) -> np.ndarray:
+    """A frame of linear signal ``lin`` (1 = full well) with Poisson shot noise, as gamma values."""
+    return (rng.poisson(lin * full_well) / full_well).clip(0, 1).astype(np.float32) ** np.float32(1 / 2.2)
+
+
+def scene(h: int = 96, w: int = 128) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    lin = 0.05 + 0.6 * x / w + 0.1 * np.sin(y / 7.0) ** 2
+    return np.repeat(lin[..., None], 3, axis=2) * np.float32([1.0, 0.9, 0.7])
+
+
+@pytest.mark.parametrize("full_well", [1000.0, 3000.0, 10000.0])
+def test_the_noise_estimate_finds_the_full_well_despite_motion(full_well):
+    rng = np.random.default_rng(1)
+    lin = scene()
+    a, b = shot_noisy(lin, full_well, rng), shot_noisy(lin, full_well, rng)
+    b[20:50, 30:70] = np.float32(0.5)  # something moved into one of them: not noise
+    frames = np.stack([a, shot_noisy(lin * 4, full_well, rng).clip(0, 1), b])
+    sigma = reference_noise(frames, [1.0, 4.0, 1.0], 0)
+    expected = 1.0 / (2.0 * np.sqrt(full_well))  # shot noise in sqrt(linear) units
+    assert sigma == pytest.approx(expected, rel=0.12)
+
+
+def test_no_estimate_without_a_frame_of_the_reference_exposure():
+    frames = np.full((3, 64, 64, 3), 0.5, np.float32)
+    assert reference_noise(frames, [1.0, 4.0, 16.0], 1) is None
+
+
+def test_the_filter_removes_noise_and_keeps_an_edge():
+    rng = np.random.default_rng(2)
+    truth = np.full((64, 64, 3), 0.04, np.float32)
+    truth[:, 32:] = 0.4  # a step of 10x
+    sigma = 1.0 / (2.0 * np.sqrt(2000.0))
+    noisy = (rng.poisson(truth * 2000.0) / 2000.0).astype(np.float32)
+    out = denoise(noisy, 1.0, 3.0 * sigma)
+    assert np.abs(out - truth).mean() < 0.6 * np.abs(noisy - truth).mean()
+    # the edge stays where it is and as high: the columns beside it keep their level
+    np.testing.assert_allclose(out[:, 30].mean(), 0.04, rtol=0.05)
+    np.testing.assert_allclose(out[:, 33].mean(), 0.4, rtol=0.05)
+    assert denoise(noisy, 1.0, 0.0) is noisy
+
+
+def test_denoising_the_merge_helps_on_the_simulated_camera_and_leaves_the_gate_input_alone():
+    from capture.sim import SimCamera, SimConfig
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    cam = SimCamera(SimConfig(width=192, height=128, frames=7, exposures=2, seed=4, full_well_e=3000.0))
+    pre = Preprocessor(PreprocessConfig())
+    windows = [w for f in cam.frames() for w in pre.process(f)] + pre.finish()
+    plain, filtered = ClassicalReconstructor(ClassicalConfig(denoise=0.0)), ClassicalReconstructor()
+    gains = []
+    for w in windows[2:-2]:  # whole windows: the first ones hold no other frame of the reference's exposure
+        frames, exps, ref = np.asarray(w.data), w.meta["exposures"], w.meta["ref"]
+        gt, t_min = cam.ground_truth(w.seq), min(exps)
+        gains.append(psnr_mu(filtered.reconstruct(frames, exps, ref), gt, t_min)
+                     - psnr_mu(plain.reconstruct(frames, exps, ref), gt, t_min))
+        np.testing.assert_array_equal(filtered.reconstruct_with_confidence(frames, exps, ref)[0],
+                                      plain.reconstruct_with_confidence(frames, exps, ref)[0])
+    assert np.mean(gains) > 0.3 and min(gains) > 0.0, gains
+
+
+def test_denoise_settings_are_checked():
+    with pytest.raises(ValueError, match="denoise"):
+        ClassicalConfig(denoise=-1.0)
+    with pytest.raises(ValueError, match="odd"):
+        ClassicalConfig(denoise=2.0, denoise_px=4)
+
+
+def test_the_network_is_filtered_like_the_classical_merge():
+    """The shipped network's output gets the same filter (after its classical gate), so the
+    two methods compare like for like; on the simulated camera it brings it closer to the truth."""
+    from capture.sim import SimCamera, SimConfig
+    from infer.netrecon import NetReconstructor, default_weights
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    if not default_weights(2).is_file():
+        pytest.skip("no shipped 2-exposure weights")
+    cam = SimCamera(SimConfig(width=128, height=96, frames=7, exposures=2, seed=6, full_well_e=3000.0))
+    pre = Preprocessor(PreprocessConfig())
+    w = [w for f in cam.frames() for w in pre.process(f)][2]  # a whole window: it holds i-2 and i+2
+    frames, exps, ref = np.asarray(w.data), w.meta["exposures"], w.meta["ref"]
+    gt, t_min = cam.ground_truth(w.seq), min(exps)
+    raw = NetReconstructor("net", device="cpu", denoise=False).reconstruct(frames, exps, ref)
+    filtered = NetReconstructor("net", device="cpu").reconstruct(frames, exps, ref)
+    assert psnr_mu(filtered, gt, t_min) > psnr_mu(raw, gt, t_min) + 0.3
