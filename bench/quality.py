@@ -50,13 +50,13 @@ VDP_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vdp" / "bin" / "pyt
 
 def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
              pre_cfg: PreprocessConfig | None = None, keep: Path | None = None,
-             classical: ClassicalConfig | None = None) -> dict[str, dict[str, list[float]]]:
+             classical: ClassicalConfig | None = None, denoise: bool = True) -> dict[str, dict[str, list[float]]]:
     """Per-frame figures of each method on one sequence; with ``keep``, the sequence's
     normalised predictions and ground truth are also written there (float16 .npz) for
     ColorVideoVDP. ``classical``: the classical merge's tuning, if not its defaults."""
     cam = SimCamera(cfg)
     pre = Preprocessor(pre_cfg or PreprocessConfig())
-    infer = InferStage(method=methods[0], compare=methods[1:])
+    infer = InferStage(method=methods[0], compare=methods[1:], denoise=denoise)
     if classical is not None:
         for i, rec in enumerate(infer.methods):
             if rec.name == "classical":
@@ -176,6 +176,7 @@ def main() -> None:
                     help="global warp applied in preprocess, or folded into the methods that can (as live does)")
     ap.add_argument("--classical", action="append", default=[], metavar="KEY=VALUE",
                     help="a ClassicalConfig field for the classical method (repeatable), e.g. flow_max_px=512")
+    ap.add_argument("--no-denoise", action="store_true", help="the methods without their noise filter (infer/denoise.py)")
     a = ap.parse_args()
     classical = None
     if a.classical:
@@ -206,7 +207,7 @@ def main() -> None:
                     for m, r in evaluate(split_config(split, i, base), methods, a.weights,
                                          PreprocessConfig(interpolation=a.interpolation,
                                                           defer_warp=a.warp == "deferred"),
-                                         keep, classical).items():
+                                         keep, classical, not a.no_denoise).items():
                         for k, v in r.items():
                             rows[m].setdefault(k, []).extend(v)
                     if keep is not None:
@@ -218,7 +219,7 @@ def main() -> None:
                 table[m]["jod_min"] = float(np.min(v))
             report[f"{split}/{n_exp}"] = table
             print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
-                  f"{a.width}x{a.height} {a.pixel_format}, warp {a.warp}"
+                  f"{a.width}x{a.height} {a.pixel_format}, warp {a.warp}" + (", no denoise" if a.no_denoise else "")
                   + (f", classical {' '.join(a.classical)}" if a.classical else ""))
             print(f"  {'method':10s} {'PSNR-mu':>8s} {'motion':>8s} {'clipped':>8s} {'rest':>8s} {'PSNR-L':>8s} "
                   f"{'flicker':>8s} {'hue':>7s} {'worst-dB':>8s} {'ms/frame':>9s}" + (f" {'JOD':>6s}" if a.vdp else ""))

@@ -56,7 +56,8 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     compare = [m for m in args.compare.split(",") if m and m != args.method]
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
-                       tile=args.tile, threads=getattr(args, "infer_threads", None))
+                       tile=args.tile, threads=getattr(args, "infer_threads", None),
+                       denoise=not getattr(args, "no_denoise", False))
     stages = [
         Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
         infer,

@@ -71,6 +71,7 @@ class InferConfig:
     device: str = ""  # network methods: "" = CUDA when present, else "cpu"; or e.g. "cuda:1"
     precision: str = "auto"  # network methods: auto | fp32 | bf16 | fp16
     tile: int = -1  # network methods: tile size in pixels (multiple of 16); 0 never; -1 frames above ~2.2 Mpx
+    denoise: bool = True  # filter the merge's remaining noise (classical and network methods; infer/denoise.py)
 
 
 @dataclass
@@ -110,7 +111,7 @@ class Deployment:
 
         return InferStage(method=self.infer.method, compare=self.infer.compare,
                           device=self.infer.device or None, precision=self.infer.precision,
-                          tile=None if self.infer.tile < 0 else self.infer.tile)
+                          tile=None if self.infer.tile < 0 else self.infer.tile, denoise=self.infer.denoise)
 
     def sink_stage(self):
         from sink.stage import Sink

@@ -306,7 +306,7 @@ def _flags_infer(args: argparse.Namespace) -> int:
 
     compare = [m for m in args.compare.split(",") if m]
     stage = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
-                       tile=args.tile)
+                       tile=args.tile, denoise=not args.no_denoise)
     return serve_infer(stage, args.inp, args.out,
                        metrics_port=args.metrics_port)
 

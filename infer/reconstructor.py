@@ -31,20 +31,23 @@ def add_network_args(p) -> None:
     p.add_argument("--tile", type=int, default=None,
                    help="network methods: tile size in pixels (multiple of 16), bounding memory; 0: never; "
                         "default: frames above ~2.2 Mpx in 1024-pixel tiles")
+    p.add_argument("--no-denoise", action="store_true",
+                   help="leave the merge's remaining noise in (classical and network methods filter it by default: "
+                        "infer/denoise.py; ~30 ms a 1536x813 frame on one core)")
 
 
 def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
-                       tile: int | None = None) -> Reconstructor:
+                       tile: int | None = None, denoise: bool = True) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names.
 
     ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present), ``precision``
     (auto | fp32 | bf16 | fp16) and ``tile`` (pixels; 0 never, None for large frames)
-    concern the network methods only.
+    concern the network methods only; ``denoise`` (infer.denoise) classical and the network.
     """
     if name == "classical":
-        from infer.classical import ClassicalReconstructor
+        from infer.classical import ClassicalConfig, ClassicalReconstructor
 
-        return ClassicalReconstructor()
+        return ClassicalReconstructor() if denoise else ClassicalReconstructor(ClassicalConfig(denoise=0.0))
     if name == "reference":
         from infer.reference import ReferenceReconstructor
 
@@ -53,5 +56,5 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
         from infer.netrecon import NetReconstructor
 
         # weights load on the first window: its size picks 2 or 3 exposures
-        return NetReconstructor(name, device=device, precision=precision, tile=tile)
+        return NetReconstructor(name, device=device, precision=precision, tile=tile, denoise=denoise)
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")

@@ -41,9 +41,10 @@ class InferStage:
     name = "infer"
 
     def __init__(self, method: str = "classical", compare: Sequence[str] = (), device: str | None = None,
-                 precision: str = "auto", tile: int | None = None, threads: int | None = 1) -> None:
+                 precision: str = "auto", tile: int | None = None, threads: int | None = 1,
+                 denoise: bool = True) -> None:
         self._names = list(dict.fromkeys([method] + [m for m in compare if m != method]))
-        self._options = (device, precision, tile)
+        self._options = (device, precision, tile, denoise)
         self.methods = self._make_methods()
         streaming = [rec.name for rec in self.methods if hasattr(rec, "reconstruct_stream")]
         if threads is None:  # auto: every core for methods that can share them

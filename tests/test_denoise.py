@@ -7,6 +7,7 @@ import pytest
 from hdrstream.quality import psnr_mu
 from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.denoise import denoise, reference_noise
+from infer.stage import InferStage
 
 
 def shot_noisy(lin: np.ndarray, full_well: float, rng: np.random.Generator) -> np.ndarray:
@@ -94,3 +95,13 @@ def test_the_network_is_filtered_like_the_classical_merge():
     raw = NetReconstructor("net", device="cpu", denoise=False).reconstruct(frames, exps, ref)
     filtered = NetReconstructor("net", device="cpu").reconstruct(frames, exps, ref)
     assert psnr_mu(filtered, gt, t_min) > psnr_mu(raw, gt, t_min) + 0.3
+
+
+def test_the_filter_can_be_turned_off_for_every_method():
+    from infer.reconstructor import make_reconstructor
+
+    assert make_reconstructor("classical").cfg.denoise > 0
+    assert make_reconstructor("classical", denoise=False).cfg.denoise == 0
+    assert make_reconstructor("net", denoise=False).denoise is False
+    stage = InferStage("classical", compare=["net"], denoise=False)
+    assert stage.methods[0].cfg.denoise == 0 and stage.methods[1].denoise is False
