@@ -54,6 +54,7 @@ class Replay:
 
 
 PROFILE_TOP = 0  # set by --profile
+DENOISE_OFF = False  # set by --no-denoise
 
 
 def timed(fn, items, name: str = ""):
@@ -95,7 +96,7 @@ def stage_times(frames: list, pre_cfg: PreprocessConfig, t_cap: list[float], tmp
     windows, t_pre = timed(pre.process, frames, "preprocess")
     windows += list(pre.finish())
     print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
-    inf = InferStage(method="classical")
+    inf = InferStage(method="classical", denoise=not DENOISE_OFF)
     hdrs, t_inf = timed(inf.process, windows, "infer classical")
     print(f"  infer classical        {ms(t_inf)}")
     sink = Sink(SinkConfig(out_dir=f"{tmp}/stages", video=False, background=False))  # inline: the work itself
@@ -126,8 +127,8 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
             stamps: list[float] = []
             cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
-            run_embedded(sources[name](), [Preprocessor(pre_cfg), InferStage(method="classical", threads=a.infer_threads),
-                                           Sink(SinkConfig(out_dir=f"{tmp}/{name}", video=False))],
+            infer = InferStage(method="classical", threads=a.infer_threads, denoise=not a.no_denoise)
+            run_embedded(sources[name](), [Preprocessor(pre_cfg), infer, Sink(SinkConfig(out_dir=f"{tmp}/{name}", video=False))],
                          on_output=lambda _: stamps.append(time.perf_counter()))
             dt = time.perf_counter() - t0
             cpu1 = resource.getrusage(resource.RUSAGE_SELF)
@@ -153,6 +154,7 @@ def main() -> None:
     ap.add_argument("--profile", type=int, nargs="?", const=12, default=0, metavar="N",
                     help="print the N functions with the most own time per stage (default 12)")
     ap.add_argument("--no-pipeline", action="store_true", help="stage times only")
+    ap.add_argument("--no-denoise", action="store_true", help="classical without its noise filter")
     ap.add_argument("--pipeline-only", action="store_true", help="the embedded pipeline only, no stage times")
     ap.add_argument("--scale", type=float, default=1.0, help="the reduced live mode (hdrstream live --scale)")
     ap.add_argument("--warp", choices=("here", "deferred"), default="here",
@@ -163,8 +165,8 @@ def main() -> None:
                     help="the pipeline's camera: frames pre-rendered in memory, or rendered live (default: both)")
     a = ap.parse_args()
     keep_freed_memory()  # as the hdrstream command does
-    global PROFILE_TOP
-    PROFILE_TOP = a.profile
+    global PROFILE_TOP, DENOISE_OFF
+    PROFILE_TOP, DENOISE_OFF = a.profile, a.no_denoise
     for fmt in a.formats.split(","):
         bench(fmt, a)
 

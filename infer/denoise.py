@@ -24,7 +24,8 @@ import numpy as np
 from infer.mask import EXPOSURE_TOL
 
 _VALID = (0.03, 0.9)  # gamma values the estimate trusts: above the darkest codes, below clipping
-_STEP = 2  # the estimate reads every other pixel in each direction
+_SAMPLES = 60_000  # pixels the estimate reads at most (a regular grid)
+_MIN_PIXELS = 300  # fewer usable ones than this: no estimate
 _MAD_TO_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
 
 
@@ -33,33 +34,45 @@ def reference_noise(frames: np.ndarray, exposures: Sequence[float], ref: int,
     """Standard deviation of the reference's noise in y = sqrt(linear) units, from its
     difference to the nearest frame of the same exposure; None without such a frame or
     with too few pixels to tell. ``mats``: the frames' 2x3 onto the reference when they
-    are not warped yet (that frame is then resampled nearest-neighbour: interpolating
-    would average its noise away)."""
+    are not warped yet (that frame is then read at the nearest pixel: interpolating would
+    average its noise away)."""
     t_ref = float(exposures[ref])
     same = [j for j in range(len(exposures)) if j != ref and abs(exposures[j] - t_ref) <= EXPOSURE_TOL * t_ref]
     if not same:
         return None
     j = min(same, key=lambda k: abs(k - ref))
-    a = np.asarray(frames[ref], np.float32)[::_STEP, ::_STEP]
-    b = np.asarray(frames[j], np.float32)
+    h, w = frames.shape[1:3]
+    step = max(1, int(np.sqrt(h * w / _SAMPLES)))  # a grid of ~_SAMPLES pixels is plenty for a spread
+    a = np.ascontiguousarray(frames[ref][::step, ::step], np.float32)
     M = mats[j] if mats is not None else None
-    if M is not None:
-        h, w = b.shape[:2]
-        b = cv2.warpAffine(b, np.asarray(M, np.float64), (w, h), flags=cv2.INTER_NEAREST,
-                           borderMode=cv2.BORDER_REPLICATE)
-    b = b[::_STEP, ::_STEP]
-    ok = (a.min(axis=2) > _VALID[0]) & (a.max(axis=2) < _VALID[1]) & (b.min(axis=2) > _VALID[0]) & (b.max(axis=2) < _VALID[1])
-    if ok.sum() < 1000:
+    if M is None:
+        b = np.ascontiguousarray(frames[j][::step, ::step], np.float32)
+    else:  # the grid's pixels in frame j's own, nearest: ref(p) = frame_j(M^-1 p)
+        gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
+        inv = cv2.invertAffineTransform(np.asarray(M, np.float64)).astype(np.float32)
+        x = np.rint(inv[0, 0] * gx + inv[0, 1] * gy + inv[0, 2]).astype(np.intp).clip(0, w - 1)
+        y = np.rint(inv[1, 0] * gx + inv[1, 1] * gy + inv[1, 2]).astype(np.intp).clip(0, h - 1)
+        b = np.asarray(frames[j], np.float32)[y, x]
+    ok = _usable(a) & _usable(b)
+    if ok.sum() < _MIN_PIXELS:
         return None
-    d = (cv2.pow(a, 1.1) - cv2.pow(b, 1.1))[ok].ravel()  # y = L^1.1 = sqrt(L^2.2)
+    d = np.power(a[ok], np.float32(1.1)) - np.power(b[ok], np.float32(1.1))  # y = L^1.1 = sqrt(L^2.2)
+    d = d.ravel()
     d -= np.median(d)
     spread = _MAD_TO_SIGMA * float(np.median(np.abs(d)))
     d = d[np.abs(d) < 3.0 * spread]  # motion and misalignment are not noise: trim, then look again
-    if d.size < 1000:
+    if d.size < _MIN_PIXELS:
         return None
     # the spread of a difference of two frames is sqrt(2) times one frame's; the trim at 3σ
     # leaves a Gaussian's spread 1.4 % too low, close enough
     return _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+
+
+def _usable(L: np.ndarray) -> np.ndarray:
+    """(H, W): every channel within _VALID (elementwise: NumPy's reductions over a last axis
+    of 3 are slow)."""
+    m = (L > np.float32(_VALID[0])) & (L < np.float32(_VALID[1]))
+    return m[..., 0] & m[..., 1] & m[..., 2]
 
 
 def denoise(H: np.ndarray, t_ref: float, sigma: float, px: int = 5) -> np.ndarray:

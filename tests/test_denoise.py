@@ -105,3 +105,18 @@ def test_the_filter_can_be_turned_off_for_every_method():
     assert make_reconstructor("net", denoise=False).denoise is False
     stage = InferStage("classical", compare=["net"], denoise=False)
     assert stage.methods[0].cfg.denoise == 0 and stage.methods[1].denoise is False
+
+
+def test_the_estimate_reads_an_unwarped_neighbour_through_its_transform():
+    """Deferred windows (frames not yet warped): the neighbour is read where its transform
+    puts the reference's pixels; a shifted frame read without it would look like motion."""
+    rng = np.random.default_rng(3)
+    lin = scene(96, 160)
+    a, b = shot_noisy(lin, 3000.0, rng), shot_noisy(lin, 3000.0, rng)
+    moved = np.roll(b, (2, 5), axis=(0, 1))  # frame j as it came off the camera
+    M = np.array([[1.0, 0.0, -5.0], [0.0, 1.0, -2.0]])  # maps its pixels onto the reference's
+    frames = np.stack([a, shot_noisy(lin * 4, 3000.0, rng).clip(0, 1), moved])
+    ident = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    sigma = reference_noise(frames, [1.0, 4.0, 1.0], 0, [None, None, M])
+    assert sigma == pytest.approx(1.0 / (2.0 * np.sqrt(3000.0)), rel=0.12)
+    assert reference_noise(frames, [1.0, 4.0, 1.0], 0, [None, None, ident]) > 1.3 * sigma
