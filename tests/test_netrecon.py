@@ -81,7 +81,7 @@ def test_streaming_never_resamples_the_centre_with_a_moving_camera(weights, meth
 
 def test_output_is_in_units_of_the_given_exposures(weights):
     frames, expos = stream_of(5, 2, seed=1)
-    rec = NetReconstructor("net", weights, device="cpu")
+    rec = NetReconstructor("net", weights, device="cpu", denoise=False)  # the network itself
     h1 = rec.reconstruct(frames, expos, 2)
     h2 = rec.reconstruct(frames, [t * 2 for t in expos], 2)  # twice the exposure: half the radiance
     np.testing.assert_allclose(h2, h1 / 2, rtol=1e-4)
@@ -242,16 +242,16 @@ def gated(tmp_path_factory):
 
 
 def test_gate_chooses_between_the_network_and_the_classical_merge(gated):
-    from infer.classical import ClassicalReconstructor
+    from infer.classical import ClassicalConfig, ClassicalReconstructor
 
     frames, expos = stream_of(5, 2, h=40, w=52)
     frames = frames ** 2  # darker: some of it well exposed in both
     out = {}
     for name, path in gated.items():
-        rec = NetReconstructor("net", device="cpu", tile=0)
+        rec = NetReconstructor("net", device="cpu", tile=0, denoise=False)  # the gate itself
         rec.weights = {2: path}
         out[name] = rec.reconstruct(frames, expos, 2)
-    classical = ClassicalReconstructor().reconstruct(frames, expos, 2)
+    classical = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(frames, expos, 2)
     np.testing.assert_allclose(out["classical"], classical, rtol=1e-5, atol=1e-6 * classical.max())
     np.testing.assert_allclose(out["net"], out["plain"], rtol=1e-5, atol=1e-6 * out["plain"].max())
     np.testing.assert_allclose(out["half"], 0.5 * (classical + out["plain"]), rtol=1e-4, atol=1e-5 * classical.max())
@@ -287,7 +287,7 @@ def test_refine_off_makes_net_the_gated_coarse_hdr_and_net_refine_keeps_the_pape
     frames, expos = stream_of(9, 2, h=40, w=52)
 
     def run(name, path):
-        rec = NetReconstructor(name, device="cpu", tile=0)
+        rec = NetReconstructor(name, device="cpu", tile=0, denoise=False)  # the network itself
         rec.weights = {2: path}
         return rec, [rec.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
                      for _, win, ex, seqs in windows(frames, expos, 2)]
@@ -300,8 +300,8 @@ def test_refine_off_makes_net_the_gated_coarse_hdr_and_net_refine_keeps_the_pape
     for a, b in zip(full_from_same, full):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * b.max())
     # the gate blends CoarseNet's HDR with the classical merge (half open: their mean)
-    from infer.classical import ClassicalReconstructor
+    from infer.classical import ClassicalConfig, ClassicalReconstructor
 
     for (_, win, ex, _), n, c in zip(windows(frames, expos, 2), net, coarse):
-        merged = ClassicalReconstructor().reconstruct(win, ex, 2)
+        merged = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(win, ex, 2)
         np.testing.assert_allclose(n, 0.5 * (merged + c), rtol=1e-4, atol=1e-5 * merged.max())
