@@ -88,6 +88,7 @@ class ClassicalConfig:
     # less on static)
     denoise: float = 4.0
     denoise_px: int = 5  # its window, pixels a side (odd)
+    denoise_local: bool = False  # the noise level per pixel (frames merged there), not the frame's median
 
     def __post_init__(self) -> None:
         if self.keep_reference not in ("auto", "never", "longest", "always"):
@@ -174,14 +175,15 @@ class ClassicalReconstructor:
         if self.cfg.denoise <= 0:
             return H
         sigma = reference_noise(frames, exposures, ref, mats)
-        noise = None if sigma is None else sigma / float(np.sqrt(merged))  # ~``merged`` reference frames averaged
+        noise = None if sigma is None else sigma / np.sqrt(merged)  # ~``merged`` reference frames averaged
         if conf is not None:
             conf.append(noise)  # type: ignore[arg-type]
             return H
         return self.denoise(H, float(exposures[ref]), noise)
 
     def _merge_frames(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
-                      conf: list[np.ndarray] | None, mats: list[np.ndarray | None] | None) -> tuple[np.ndarray, float]:
+                      conf: list[np.ndarray] | None, mats: list[np.ndarray | None] | None
+                      ) -> tuple[np.ndarray, float | np.ndarray]:
         """The merge, and how many reference exposures' worth of light it averaged (median)."""
         cfg = self.cfg
         L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
@@ -242,8 +244,13 @@ class ClassicalReconstructor:
             H_ref -= H
             H_ref *= M
             H += H_ref
-        merged = float(np.median(den[::4, ::4])) / (t_ref ** cfg.snr_power) if cfg.denoise > 0 else 1.0
-        return H, max(merged, 1.0)
+        if cfg.denoise <= 0:
+            return H, 1.0
+        if cfg.denoise_local:  # per pixel, smoothed over about the filter's reach
+            merged_px = cv2.blur(den, (2 * cfg.denoise_px + 1,) * 2)
+            merged_px *= np.float32(1.0 / t_ref ** cfg.snr_power)
+            return H, np.maximum(merged_px, np.float32(1.0), out=merged_px)
+        return H, max(float(np.median(den[::4, ::4])) / (t_ref ** cfg.snr_power), 1.0)
 
     def flows(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
               nbrs: Sequence[int] | None = None) -> np.ndarray:

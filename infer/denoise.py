@@ -75,14 +75,22 @@ def _usable(L: np.ndarray) -> np.ndarray:
     return m[..., 0] & m[..., 1] & m[..., 2]
 
 
-def denoise(H: np.ndarray, t_ref: float, sigma: float, px: int = 5) -> np.ndarray:
+def denoise(H: np.ndarray, t_ref: float, sigma: float | np.ndarray, px: int = 5) -> np.ndarray:
     """Bilateral filter of linear HDR ``H`` (per unit exposure) in y = sqrt(H·t_ref), its
-    range ``sigma`` (y units), over ``px`` × ``px`` pixels; a new float32 array."""
-    if sigma <= 0:
+    range ``sigma`` (y units; an (H, W) map: per pixel, by filtering y / sigma with range 1),
+    over ``px`` × ``px`` pixels; a new float32 array."""
+    if np.isscalar(sigma) and sigma <= 0:
         return H
     y = np.multiply(H, np.float32(t_ref), dtype=np.float32)
     np.maximum(y, np.float32(0.0), out=y)
     cv2.sqrt(y, dst=y)
-    out = cv2.bilateralFilter(y, px, float(sigma), px / 2.0)
+    if np.isscalar(sigma):
+        out = cv2.bilateralFilter(y, px, float(sigma), px / 2.0)
+    else:
+        s = np.asarray(sigma, np.float32)
+        s3 = cv2.merge((s, s, s))
+        cv2.divide(y, s3, dst=y)
+        out = cv2.bilateralFilter(y, px, 1.0, px / 2.0)
+        cv2.multiply(out, s3, dst=out)
     cv2.multiply(out, out, dst=out, scale=1.0 / t_ref)
     return out

@@ -120,3 +120,32 @@ def test_the_estimate_reads_an_unwarped_neighbour_through_its_transform():
     sigma = reference_noise(frames, [1.0, 4.0, 1.0], 0, [None, None, M])
     assert sigma == pytest.approx(1.0 / (2.0 * np.sqrt(3000.0)), rel=0.12)
     assert reference_noise(frames, [1.0, 4.0, 1.0], 0, [None, None, ident]) > 1.3 * sigma
+
+
+def test_a_noise_map_filters_as_the_scalar_where_it_is_constant_and_harder_where_higher():
+    rng = np.random.default_rng(4)
+    truth = np.full((48, 64, 3), 0.1, np.float32)
+    noisy = (rng.poisson(truth * 1000.0) / 1000.0).astype(np.float32)
+    sigma = 1.0 / (2.0 * np.sqrt(1000.0))
+    flat = np.full((48, 64), 2.0 * sigma, np.float32)
+    np.testing.assert_allclose(denoise(noisy, 1.0, flat), denoise(noisy, 1.0, 2.0 * sigma), rtol=2e-3)
+    harder = flat.copy()
+    harder[:, 32:] *= 4.0  # fewer frames merged there: more noise left, more filtering
+    out = denoise(noisy, 1.0, harder)
+    assert np.abs(out[:, 36:] - truth[:, 36:]).mean() < np.abs(denoise(noisy, 1.0, flat)[:, 36:] - truth[:, 36:]).mean()
+
+
+def test_the_local_noise_level_follows_how_many_frames_were_merged():
+    from capture.sim import SimCamera, SimConfig
+    from preprocess.stage import PreprocessConfig, Preprocessor
+
+    cam = SimCamera(SimConfig(width=160, height=96, frames=7, exposures=2, seed=4, full_well_e=3000.0))
+    pre = Preprocessor(PreprocessConfig())
+    w = [w for f in cam.frames() for w in pre.process(f)][3]
+    frames, exps, ref = np.asarray(w.data), w.meta["exposures"], w.meta["ref"]
+    rec = ClassicalReconstructor(ClassicalConfig(denoise_local=True))
+    _, _, _, noise = rec.reconstruct_with_cues(frames, exps, ref)
+    assert noise.shape == frames.shape[1:3] and np.isfinite(noise).all() and noise.max() > noise.min() > 0
+    gt, t_min = cam.ground_truth(w.seq), min(exps)
+    plain = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(frames, exps, ref)
+    assert psnr_mu(rec.reconstruct(frames, exps, ref), gt, t_min) > psnr_mu(plain, gt, t_min)
