@@ -54,7 +54,6 @@ class Replay:
 
 
 PROFILE_TOP = 0  # set by --profile
-DENOISE_OFF = False  # set by --no-denoise
 
 
 def timed(fn, items, name: str = ""):
@@ -90,13 +89,13 @@ def ms(times) -> str:
     return f"{1e3 * float(np.mean(times)):7.1f} ms/frame (p50 {1e3 * float(np.median(times)):6.1f})"
 
 
-def stage_times(frames: list, pre_cfg: PreprocessConfig, t_cap: list[float], tmp: str) -> None:
+def stage_times(frames: list, pre_cfg: PreprocessConfig, t_cap: list[float], tmp: str, denoise: bool) -> None:
     """Each stage alone on the same input, one after the other."""
     pre = Preprocessor(pre_cfg)
     windows, t_pre = timed(pre.process, frames, "preprocess")
     windows += list(pre.finish())
     print(f"  preprocess             {ms(t_pre)}   (debayer + linearise + align + window)")
-    inf = InferStage(method="classical", denoise=not DENOISE_OFF)
+    inf = InferStage(method="classical", denoise=denoise)
     hdrs, t_inf = timed(inf.process, windows, "infer classical")
     print(f"  infer classical        {ms(t_inf)}")
     sink = Sink(SinkConfig(out_dir=f"{tmp}/stages", video=False, background=False))  # inline: the work itself
@@ -119,7 +118,7 @@ def bench(fmt: str, a: argparse.Namespace) -> None:
     pre_cfg = PreprocessConfig(scale=a.scale, defer_warp=a.warp == "deferred")
     with tempfile.TemporaryDirectory() as tmp:
         if not a.pipeline_only:
-            stage_times(frames, pre_cfg, t_cap, tmp)
+            stage_times(frames, pre_cfg, t_cap, tmp, not a.no_denoise)
         if a.no_pipeline:
             return
         sources = {"replay": lambda: Replay(frames), "sim": lambda: SimCamera(cfg)}
@@ -165,8 +164,8 @@ def main() -> None:
                     help="the pipeline's camera: frames pre-rendered in memory, or rendered live (default: both)")
     a = ap.parse_args()
     keep_freed_memory()  # as the hdrstream command does
-    global PROFILE_TOP, DENOISE_OFF
-    PROFILE_TOP, DENOISE_OFF = a.profile, a.no_denoise
+    global PROFILE_TOP
+    PROFILE_TOP = a.profile
     for fmt in a.formats.split(","):
         bench(fmt, a)
 

@@ -135,7 +135,7 @@ class ClassicalReconstructor:
                     warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
         """``warps``: per frame, the 2x3 that maps it onto the reference, when ``frames`` are
         not warped yet (a window with ``meta["warped"] = False``)."""
-        return self._merge(frames, exposures, ref, None, warps)
+        return self._merge(frames, exposures, ref, warps)
 
     def reconstruct_with_confidence(self, frames: np.ndarray, exposures: Sequence[float],
                                     ref: int) -> tuple[np.ndarray, np.ndarray]:
@@ -146,17 +146,18 @@ class ClassicalReconstructor:
         H, conf, _, _ = self.reconstruct_with_cues(frames, exposures, ref)
         return H, conf
 
-    def reconstruct_with_cues(self, frames: np.ndarray, exposures: Sequence[float],
-                              ref: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | None]:
-        """The plain merge (not denoised), its confidence, the neighbours' agreement alone
-        (H, W): the confidence without the reference's roll-off, low only where something
-        moves; and the noise the merge keeps (y units, see infer.denoise; None where the
-        window cannot tell), for a method that filters its own output as this one does."""
+    def reconstruct_with_cues(self, frames: np.ndarray, exposures: Sequence[float], ref: int
+                              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float | np.ndarray | None]:
+        """The plain merge (not denoised: the network's gate was trained on it), its
+        confidence, the neighbours' agreement alone (H, W): the confidence without the
+        reference's roll-off, low only where something moves; and the noise the merge keeps
+        (see :meth:`_noise`), for a method that filters its own output as this one does."""
+        check_window(frames, exposures, ref)
         conf = [np.ones(frames.shape[1:3], np.float32), np.ones(frames.shape[1:3], np.float32)]
-        H = self._merge(frames, exposures, ref, conf)
-        return H, conf[0], conf[1], conf[2] if len(conf) > 2 else None
+        H, merged = self._merge_frames(frames, exposures, ref, conf, None)
+        return H, conf[0], conf[1], self._noise(frames, exposures, ref, None, merged)
 
-    def denoise(self, H: np.ndarray, t_ref: float, noise: float | None) -> np.ndarray:
+    def denoise(self, H: np.ndarray, t_ref: float, noise: float | np.ndarray | None) -> np.ndarray:
         """``H`` filtered as this merge filters its own output (``cfg.denoise``), given the
         noise it carries (y units; None or a strength of 0: unchanged)."""
         if noise is None or self.cfg.denoise <= 0:
@@ -164,27 +165,30 @@ class ClassicalReconstructor:
         return denoise(H, t_ref, self.cfg.denoise * noise, self.cfg.denoise_px)
 
     def _merge(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
-               conf: list[np.ndarray] | None, warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
-        """The merge, denoised; with ``conf`` its confidence is multiplied into conf[0], the
-        neighbours' agreement alone into conf[1], the noise it keeps appended (with
-        ``cfg.denoise``), and it is not denoised (the network's gate was trained on the plain
-        merge)."""
+               warps: Sequence[Sequence[float]] | None = None) -> np.ndarray:
+        """The merge, denoised."""
         check_window(frames, exposures, ref)
         mats = None if warps is None else _matrices(warps, len(exposures))
-        H, merged = self._merge_frames(frames, exposures, ref, conf, mats)
+        H, merged = self._merge_frames(frames, exposures, ref, None, mats)
+        return self.denoise(H, float(exposures[ref]), self._noise(frames, exposures, ref, mats, merged))
+
+    def _noise(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
+               mats: list[np.ndarray | None] | None, merged: float | np.ndarray) -> float | np.ndarray | None:
+        """Standard deviation (y units) of the noise the merge keeps: the reference's, over
+        the square root of the reference exposures' worth of light it averaged (``merged``, a
+        scalar or per pixel); None with the filter off or where the window cannot tell."""
         if self.cfg.denoise <= 0:
-            return H
+            return None
         sigma = reference_noise(frames, exposures, ref, mats)
-        noise = None if sigma is None else sigma / np.sqrt(merged)  # ~``merged`` reference frames averaged
-        if conf is not None:
-            conf.append(noise)  # type: ignore[arg-type]
-            return H
-        return self.denoise(H, float(exposures[ref]), noise)
+        return None if sigma is None else sigma / np.sqrt(merged)
 
     def _merge_frames(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
                       conf: list[np.ndarray] | None, mats: list[np.ndarray | None] | None
                       ) -> tuple[np.ndarray, float | np.ndarray]:
-        """The merge, and how many reference exposures' worth of light it averaged (median)."""
+        """The merge; with ``conf`` its confidence is multiplied into conf[0] and the
+        neighbours' agreement alone into conf[1]. And how many reference exposures' worth of
+        light it averaged, for the noise filter: the median, or per pixel with
+        ``cfg.denoise_local`` (1.0 with the filter off)."""
         cfg = self.cfg
         L_ref, t_ref = np.asarray(frames[ref], np.float32), float(exposures[ref])
         if mats is not None and mats[ref] is not None:  # preprocess never moves the reference; others might

@@ -33,7 +33,7 @@ def add_network_args(p) -> None:
                         "default: frames above ~2.2 Mpx in 1024-pixel tiles")
     p.add_argument("--no-denoise", action="store_true",
                    help="leave the merge's remaining noise in (classical and network methods filter it by default: "
-                        "infer/denoise.py; ~30 ms a 1536x813 frame on one core)")
+                        "infer/denoise.py; ~50 ms a 1536x813 frame on one core)")
 
 
 def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
