@@ -39,7 +39,7 @@ from capture.sim import SimCamera, SimConfig
 from hdrstream import quality
 from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.method import window_frames
-from infer.netrecon import default_weights
+from infer.netrecon import NetReconstructor, default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
 from training.splits import CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
@@ -61,6 +61,8 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
         for i, rec in enumerate(infer.methods):
             if rec.name == "classical":
                 infer.methods[i] = ClassicalReconstructor(classical)
+            elif isinstance(rec, NetReconstructor):  # its gate's merge and noise filter too
+                rec.classical = ClassicalReconstructor(classical)
     if weights:  # candidate weights instead of the shipped ones
         for rec in infer.methods:
             if rec.name in ("net", "net-refine", "coarse"):
@@ -175,7 +177,7 @@ def main() -> None:
     ap.add_argument("--warp", default="here", choices=("here", "deferred"),
                     help="global warp applied in preprocess, or folded into the methods that can (as live does)")
     ap.add_argument("--classical", action="append", default=[], metavar="KEY=VALUE",
-                    help="a ClassicalConfig field for the classical method (repeatable), e.g. flow_max_px=512")
+                    help="a ClassicalConfig field for the classical merge, the network's gate and noise filter included (repeatable), e.g. flow_max_px=512")
     ap.add_argument("--no-denoise", action="store_true", help="the methods without their noise filter (infer/denoise.py)")
     a = ap.parse_args()
     classical = None

@@ -46,6 +46,7 @@ frames are the last resort.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -211,7 +212,7 @@ class ClassicalReconstructor:
         if not nbrs:
             return H_ref, 1.0
         flows = _Flows(self, frames, exposures, ref, mats)
-        maps = flows.maps(nbrs)
+        maps = flows.maps(nbrs, boxed=True)
         g_ref = _grey(L_ref)
         t_short = min(exposures)
         w = self._weight(L_ref, t_ref)
@@ -226,8 +227,7 @@ class ClassicalReconstructor:
             if mats is not None and mats[j] is not None:
                 L_j = _resample(np.asarray(frames[j], np.float32), maps[j], flows.moved.get(j))
             else:
-                L_j = cv2.remap(np.asarray(frames[j], np.float32), maps[j], None, cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE)
+                L_j = _remap_box(np.asarray(frames[j], np.float32), maps[j], flows.boxes.get(j))
             w = self._weight(L_j, t_j)
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
             if conf is not None:
@@ -357,6 +357,34 @@ def _resample(L: np.ndarray, m: np.ndarray, moved: np.ndarray | None) -> np.ndar
     return out
 
 
+def _remap_box(L: np.ndarray, m: np.ndarray | None, box: tuple[slice, slice] | None) -> np.ndarray:
+    """``L`` through sampling map ``m``, which covers only ``box`` when given (outside it the
+    flow is zero: the pixels are L's own, which a bilinear remap would return bit for bit);
+    ``m`` None: L itself, unmoved."""
+    if m is None:
+        return L
+    if box is None:
+        return cv2.remap(L, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = L.copy()
+    out[box] = cv2.remap(L, m, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _moved_box(flow: np.ndarray, full: tuple[int, int]) -> tuple[slice, slice] | None:
+    """The full-size (H, W) ``full`` box outside which ``flow`` (at working size), resized to
+    full size bilinearly, is exactly zero; None if it is zero everywhere."""
+    nz = cv2.bitwise_or(cv2.compare(flow[..., 0], 0.0, cv2.CMP_NE), cv2.compare(flow[..., 1], 0.0, cv2.CMP_NE))
+    x, y, bw, bh = cv2.boundingRect(nz)
+    if not bw or not bh:
+        return None
+    (h, w), (hs, ws) = full, flow.shape[:2]
+    # a full-size pixel X reads working pixels floor(u) and floor(u) + 1, u = (X + 0.5)·ws/w − 0.5;
+    # 2 px more on each side for the resize's fixed-point rounding
+    x0, x1 = math.floor((x - 0.5) * w / ws - 0.5) - 2, math.ceil((x + bw + 0.5) * w / ws - 0.5) + 2
+    y0, y1 = math.floor((y - 0.5) * h / hs - 0.5) - 2, math.ceil((y + bh + 0.5) * h / hs - 0.5) + 2
+    return slice(max(0, y0), min(h, y1)), slice(max(0, x0), min(w, x1))
+
+
 def _matrices(warps: Sequence[Sequence[float]], n: int) -> list[np.ndarray | None]:
     """Each frame's 2x3 onto the reference, None where it is the identity."""
     if len(warps) != n:
@@ -377,6 +405,7 @@ class _Flows:
         self.rec, self.cfg = rec, rec.cfg
         self.mats = mats
         self.moved: dict[int, np.ndarray] = {}  # full-size masks where a neighbour's flow is not zero
+        self.boxes: dict[int, tuple[slice, slice] | None] = {}  # what maps(boxed=True) covers
         self.frames, self.t, self.ref = frames, [float(t) for t in exposures], ref
         self.full = frames.shape[1:3]
         h, w = self.full
@@ -385,23 +414,35 @@ class _Flows:
         self._grey: dict[int, np.ndarray] = {}
         self._pairs: dict[tuple[int, int], np.ndarray] = {}
 
-    def maps(self, nbrs: list[int]) -> dict[int, np.ndarray]:
-        """Absolute sampling maps (H, W, 2) for ``cv2.remap`` of each neighbour onto the reference."""
+    def maps(self, nbrs: list[int], boxed: bool = False) -> dict[int, np.ndarray | None]:
+        """Absolute sampling maps (H, W, 2) for ``cv2.remap`` of each neighbour onto the reference.
+
+        ``boxed``: for a neighbour without a transform, the map covers only the box around
+        where its flow moves anything (``self.boxes[j]``; None: nowhere, the neighbour is
+        used as it is): the static rest of the frame costs no map and no remap."""
         h, w = self.full
         gx, gy = _grid(h, w)
-        out = {}
+        out: dict[int, np.ndarray | None] = {}
         for j in nbrs:
             flow = self._flow_to(j)
-            if self.mats is not None and self.mats[j] is not None:
+            M = self.mats[j] if self.mats is not None else None
+            box = None
+            if M is not None:
                 moved = (np.abs(flow[..., 0]) + np.abs(flow[..., 1])) > 0
                 if moved.any():
                     self.moved[j] = cv2.resize(moved.view(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST) > 0
+            elif boxed:
+                box = self.boxes[j] = _moved_box(flow, (h, w))
+                if box is None:
+                    out[j] = None
+                    continue
             if self.s < 1.0:
                 flow = cv2.resize(flow, (w, h), interpolation=cv2.INTER_LINEAR)
                 flow *= np.float32(1.0 / self.s)
-            flow[..., 0] += gx
-            flow[..., 1] += gy
-            M = self.mats[j] if self.mats is not None else None
+            if box is not None:
+                flow = np.ascontiguousarray(flow[box])
+            flow[..., 0] += gx if box is None else gx[box]
+            flow[..., 1] += gy if box is None else gy[box]
             if M is not None:  # the map is in the reference's frame: back into frame j's own pixels
                 flow = cv2.transform(flow, invert(M).astype(np.float32))
             out[j] = flow

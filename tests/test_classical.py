@@ -332,3 +332,28 @@ def test_the_reduced_live_mode_runs_the_merge_as_a_smaller_camera_would():
     assert got.meta["scale"] == 0.5
     unmarked = InferStage("classical").process(dc_replace(w, meta={k: v for k, v in w.meta.items() if k != "scale"}))
     np.testing.assert_array_equal(unmarked[0].data, rec.reconstruct(frames, e, r))
+
+
+@pytest.mark.parametrize("flow_max_px", [768, 64])
+def test_remapping_only_where_the_flow_moves_keeps_the_output_bit_for_bit(monkeypatch, flow_max_px):
+    """The merge remaps a neighbour only inside the box where its (resized) flow is not zero,
+    a speed trick: the output must equal remapping the whole frame, bit for bit, with the
+    flow at full size (160 px) and resized from 64 px."""
+    from infer import classical
+
+    windows, _ = _windows(defer=False, seed=5)
+    rec = ClassicalReconstructor(ClassicalConfig(flow_max_px=flow_max_px))
+    seen: list[tuple[slice, slice] | None] = []
+    boxed = classical._moved_box
+
+    def spy(flow, full):
+        seen.append(boxed(flow, full))
+        return seen[-1]
+
+    monkeypatch.setattr(classical, "_moved_box", spy)
+    fast = [rec.reconstruct(w.data, w.meta["exposures"], w.meta["ref"]) for w in windows]
+    h, w = windows[0].data.shape[1:3]
+    assert any(b is None or (b[0].stop - b[0].start) * (b[1].stop - b[1].start) < h * w for b in seen)
+    monkeypatch.setattr(classical, "_moved_box", lambda flow, full: (slice(0, full[0]), slice(0, full[1])))
+    for win, got in zip(windows, fast, strict=True):
+        np.testing.assert_array_equal(got, rec.reconstruct(win.data, win.meta["exposures"], win.meta["ref"]))

@@ -408,3 +408,23 @@ def test_reorderer_waits_for_first_seq_then_window():
     assert r.push(0, 0) is None
     r.flush(end=4, start=0)
     assert not r.gaps
+
+
+def test_half_conversion_is_numpys_cast_bit_for_bit():
+    """to_half clips and casts with OpenCV for speed; the bits must be NumPy's (round to
+    nearest even, subnormals, the clip at both ends) for every shape the sink sees, but
+    for −0, which becomes +0 (radiance has no sign)."""
+    from sink.writer import HALF_MAX, to_half
+
+    rng = np.random.default_rng(3)
+    edges = np.float32([-1.0, -0.0, 0.0, 5.96e-8, 2.98e-8, 3e-8, 1e-9, 6.1e-5, 65504, 65519, 65520, 1e6])
+    for shape in ((37, 29, 3), (2, 16, 8, 3), (16, 8)):
+        x = (rng.standard_normal(shape) * rng.choice([1e-6, 1e-3, 1, 100, 1e4], size=shape)).astype(np.float32)
+        x.flat[: edges.size] = edges[: x.size]
+        got, bad = to_half(x)
+        want = np.clip(x, 0.0, HALF_MAX).astype(np.float16)
+        want[want == 0] = 0  # -0 -> +0
+        assert bad == 0 and got.dtype == np.float16 and got.shape == shape
+        np.testing.assert_array_equal(got.view(np.uint16), want.view(np.uint16))
+    got, bad = to_half(np.float64([[1e-7, 70000.0, -3.0]]))  # other types: NumPy's own cast
+    assert bad == 0 and got.tolist() == [[np.float16(1e-7), HALF_MAX, 0.0]]
