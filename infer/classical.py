@@ -84,12 +84,13 @@ class ClassicalConfig:
     mask_reduce: str = "none"  # for keep_reference, see infer.mask
     # > 0: an edge-preserving filter of the merged HDR against the noise it still carries
     # (infer.denoise), its range this many times the noise's estimated standard deviation
-    # (validation splits, 2 sequences x 8 frames per split and cycle: +0.1 to +0.5 dB PSNR-μ
-    # static, +1.1 to +2.9 dynamic, ColorVideoVDP unchanged; 6 and 8 gain more on dynamic and
-    # less on static)
+    # where one reference exposure's worth of light was merged (README, "Noise": the sweep of
+    # k, window and noise map on the validation splits; ColorVideoVDP unchanged by any of them)
     denoise: float = 4.0
     denoise_px: int = 5  # its window, pixels a side (odd)
-    denoise_local: bool = False  # the noise level per pixel (frames merged there), not the frame's median
+    # the noise level per pixel, from the light merged there (fewer frames where neighbours
+    # were rejected: more filtering), rather than one level for the frame (its median)
+    denoise_local: bool = True
 
     def __post_init__(self) -> None:
         if self.keep_reference not in ("auto", "never", "longest", "always"):
