@@ -49,7 +49,7 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     from preprocess.stage import PreprocessConfig, Preprocessor
     from sink.stage import Sink, SinkConfig
 
-    from infer.reconstructor import network_shipped
+    from infer.reconstructor import denoise_option, network_shipped
 
     if args.compare is None:  # the demo: the main method next to the others that can run
         args.compare = "reference,net" if network_shipped() else "reference"
@@ -57,7 +57,7 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
                        tile=args.tile, threads=getattr(args, "infer_threads", None),
-                       denoise=not getattr(args, "no_denoise", False))
+                       denoise=denoise_option(args))
     stages = [
         Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
         infer,

@@ -72,6 +72,13 @@ class InferConfig:
     precision: str = "auto"  # network methods: auto | fp32 | bf16 | fp16
     tile: int = -1  # network methods: tile size in pixels (multiple of 16); 0 never; -1 frames above ~2.2 Mpx
     denoise: bool = True  # filter the merge's remaining noise (classical and network methods; infer/denoise.py)
+    denoise_strength: float | None = None  # its range in noise deviations (ClassicalConfig.denoise); None: default
+
+    def denoise_option(self) -> bool | float:
+        """``make_reconstructor``'s ``denoise`` (as infer.reconstructor.denoise_option for the CLI)."""
+        if not self.denoise:
+            return False
+        return True if self.denoise_strength is None else float(self.denoise_strength)
 
 
 @dataclass
@@ -111,7 +118,7 @@ class Deployment:
 
         return InferStage(method=self.infer.method, compare=self.infer.compare,
                           device=self.infer.device or None, precision=self.infer.precision,
-                          tile=None if self.infer.tile < 0 else self.infer.tile, denoise=self.infer.denoise)
+                          tile=None if self.infer.tile < 0 else self.infer.tile, denoise=self.infer.denoise_option())
 
     def sink_stage(self):
         from sink.stage import Sink

@@ -302,11 +302,12 @@ def _flags_preprocess(args: argparse.Namespace) -> int:
 
 
 def _flags_infer(args: argparse.Namespace) -> int:
+    from infer.reconstructor import denoise_option
     from infer.stage import InferStage
 
     compare = [m for m in args.compare.split(",") if m]
     stage = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
-                       tile=args.tile, denoise=not args.no_denoise)
+                       tile=args.tile, denoise=denoise_option(args))
     return serve_infer(stage, args.inp, args.out,
                        metrics_port=args.metrics_port)
 

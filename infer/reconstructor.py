@@ -34,20 +34,41 @@ def add_network_args(p) -> None:
     p.add_argument("--no-denoise", action="store_true",
                    help="leave the merge's remaining noise in (classical and network methods filter it by default: "
                         "infer/denoise.py; ~50 ms a 1536x813 frame on one core)")
+    from infer.classical import ClassicalConfig
+
+    p.add_argument("--denoise-strength", type=float, default=None, metavar="K",
+                   help=f"the noise filter's range in estimated noise deviations (default {ClassicalConfig.denoise:g}; "
+                        "6 suits smooth content, lower keeps fine texture; 0 is --no-denoise)")
+
+
+def denoise_option(args) -> bool | float:
+    """The ``denoise`` argument of :func:`make_reconstructor` from the options above."""
+    if getattr(args, "no_denoise", False):
+        return False
+    strength = getattr(args, "denoise_strength", None)
+    return True if strength is None else float(strength)
 
 
 def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
-                       tile: int | None = None, denoise: bool = True) -> Reconstructor:
+                       tile: int | None = None, denoise: bool | float = True) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names.
 
     ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present), ``precision``
     (auto | fp32 | bf16 | fp16) and ``tile`` (pixels; 0 never, None for large frames)
-    concern the network methods only; ``denoise`` (infer.denoise) classical and the network.
+    concern the network methods only; ``denoise`` (infer.denoise) classical and the network:
+    True the filter at its default strength, False none, a number its strength (k, see
+    ``ClassicalConfig.denoise``; 0 none).
     """
-    if name == "classical":
-        from infer.classical import ClassicalConfig, ClassicalReconstructor
+    from infer.classical import ClassicalConfig
 
-        return ClassicalReconstructor() if denoise else ClassicalReconstructor(ClassicalConfig(denoise=0.0))
+    if denoise is True:
+        merge = None  # the classical merge's defaults
+    else:
+        merge = ClassicalConfig(denoise=float(denoise))  # False: 0.0; checked (>= 0) there
+    if name == "classical":
+        from infer.classical import ClassicalReconstructor
+
+        return ClassicalReconstructor(merge)
     if name == "reference":
         from infer.reference import ReferenceReconstructor
 
@@ -56,5 +77,6 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
         from infer.netrecon import NetReconstructor
 
         # weights load on the first window: its size picks 2 or 3 exposures
-        return NetReconstructor(name, device=device, precision=precision, tile=tile, denoise=denoise)
+        return NetReconstructor(name, device=device, precision=precision, tile=tile,
+                                denoise=merge is None or merge.denoise > 0, classical=merge)
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")

@@ -42,7 +42,7 @@ class InferStage:
 
     def __init__(self, method: str = "classical", compare: Sequence[str] = (), device: str | None = None,
                  precision: str = "auto", tile: int | None = None, threads: int | None = 1,
-                 denoise: bool = True) -> None:
+                 denoise: bool | float = True) -> None:
         self._names = list(dict.fromkeys([method] + [m for m in compare if m != method]))
         self._options = (device, precision, tile, denoise)
         self.methods = self._make_methods()

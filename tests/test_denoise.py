@@ -149,3 +149,29 @@ def test_the_local_noise_level_follows_how_many_frames_were_merged():
     gt, t_min = cam.ground_truth(w.seq), min(exps)
     plain = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(frames, exps, ref)
     assert psnr_mu(rec.reconstruct(frames, exps, ref), gt, t_min) > psnr_mu(plain, gt, t_min)
+
+
+def test_the_strength_reaches_every_method_from_the_command_line_and_the_deployment_file(tmp_path):
+    import argparse
+
+    from deploy.deployment import load
+    from infer.reconstructor import add_network_args, denoise_option, make_reconstructor
+
+    p = argparse.ArgumentParser()
+    add_network_args(p)
+    assert denoise_option(p.parse_args([])) is True
+    assert denoise_option(p.parse_args(["--no-denoise"])) is False
+    assert denoise_option(p.parse_args(["--denoise-strength", "6"])) == 6.0
+    assert denoise_option(p.parse_args(["--no-denoise", "--denoise-strength", "6"])) is False
+    classical, net = make_reconstructor("classical", denoise=6.0), make_reconstructor("net", denoise=6.0)
+    assert classical.cfg.denoise == 6.0 and net.denoise is True and net.classical.cfg.denoise == 6.0
+    assert make_reconstructor("net", denoise=0.0).denoise is False  # 0 is off
+    assert make_reconstructor("classical").cfg.denoise == ClassicalConfig().denoise
+    with pytest.raises(ValueError, match="denoise"):
+        make_reconstructor("classical", denoise=-1.0)
+    toml = tmp_path / "d.toml"
+    toml.write_text("[infer]\ndenoise_strength = 6.5\n")
+    stage = load(toml, env={}).infer_stage()
+    assert stage.methods[0].cfg.denoise == 6.5
+    toml.write_text("[infer]\ndenoise = false\ndenoise_strength = 6.5\n")
+    assert load(toml, env={}).infer_stage().methods[0].cfg.denoise == 0
