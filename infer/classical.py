@@ -91,6 +91,9 @@ class ClassicalConfig:
     # the noise level per pixel, from the light merged there (fewer frames where neighbours
     # were rejected: more filtering), rather than one level for the frame (its median)
     denoise_local: bool = True
+    # each colour channel weighted by its own level, so a clipped channel drops out alone and the
+    # reference keeps its unclipped ones; measured mixed (README "Merge weights per channel"): off
+    per_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.keep_reference not in ("auto", "never", "longest", "always"):
@@ -216,11 +219,13 @@ class ClassicalReconstructor:
         maps = flows.maps(nbrs, boxed=True)
         g_ref = _grey(L_ref)
         t_short = min(exposures)
-        w = self._weight(L_ref, t_ref)
+        pc = cfg.per_channel
+        weight = self._weight_rgb if pc else self._weight
+        w = weight(L_ref, t_ref)
         if _same(t_ref, t_short):
             w += np.float32(1e-6)  # even clipped, the shortest frames are the last resort
-        w3 = _planes3(w)  # reused for every neighbour's weights: one full-size buffer a window
-        num = cv2.multiply(H_ref, w3)
+        w3 = np.empty_like(H_ref) if pc else _planes3(w)  # one full-size buffer a window for 3-plane weights
+        num = cv2.multiply(H_ref, w if pc else w3)
         den = w.copy()
         refs: dict[float, np.ndarray] = {}  # the reference at each brighter exposure, for the ghost test
         for j in nbrs:
@@ -229,20 +234,25 @@ class ClassicalReconstructor:
                 L_j = _resample(np.asarray(frames[j], np.float32), maps[j], flows.moved.get(j))
             else:
                 L_j = _remap_box(np.asarray(frames[j], np.float32), maps[j], flows.boxes.get(j))
-            w = self._weight(L_j, t_j)
+            w = weight(L_j, t_j)
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
             if conf is not None:
                 for c in conf:
                     c *= agree
             agree += np.float32(cfg.fallback_weight)
-            w *= agree
+            if pc:
+                cv2.multiply(w, _planes3(agree, w3), dst=w)
+            else:
+                w *= agree
             if _same(t_j, t_short):
                 w += np.float32(1e-6)
             den += w
             w *= np.float32(1.0 / t_j)
-            cv2.accumulateProduct(cv2.pow(L_j, 2.2), _planes3(w, w3), num)  # num += w · H_j
+            cv2.accumulateProduct(cv2.pow(L_j, 2.2), w if pc else _planes3(w, w3), num)  # num += w · H_j
         np.maximum(den, np.float32(1e-12), out=den)
-        H = cv2.divide(num, _planes3(den, w3), dst=num)
+        H = cv2.divide(num, den if pc else _planes3(den, w3), dst=num)
+        if pc:  # the light merged, for the noise filter: the channels' mean
+            den = cv2.transform(den, np.full((1, 3), 1.0 / 3.0, np.float32))
         # A clipped reference bounds the radiance from below.
         np.maximum(H, H_ref, out=H, where=L_ref >= np.float32(cfg.sat_end))
         if M is not None:  # H = M·H_ref + (1 − M)·H_merge
@@ -294,11 +304,16 @@ class ClassicalReconstructor:
 
     def _weight(self, L: np.ndarray, t: float) -> np.ndarray:
         """t^p times a smooth roll-off to 0 as the brightest channel saturates; (H, W)."""
+        return self._rolloff(cv2.cvtColor(L, cv2.COLOR_RGB2HSV)[..., 2], t)  # V = max(R, G, B), fast
+
+    def _weight_rgb(self, L: np.ndarray, t: float) -> np.ndarray:
+        """:meth:`_weight` per colour channel, (H, W, 3): a channel that clips drops out alone."""
+        return self._rolloff(L, t)
+
+    def _rolloff(self, v: np.ndarray, t: float) -> np.ndarray:
         cfg = self.cfg
-        v = cv2.cvtColor(L, cv2.COLOR_RGB2HSV)[..., 2]  # V = max(R, G, B), fast
-        k = np.float32(1.0 / (cfg.sat_end - cfg.sat_start))
-        x = np.subtract(np.float32(cfg.sat_end), v)  # in place from here: no full-size temporaries
-        x *= k
+        x = np.subtract(np.float32(cfg.sat_end), v, dtype=np.float32)  # in place from here: no temporaries
+        x *= np.float32(1.0 / (cfg.sat_end - cfg.sat_start))
         np.clip(x, 0.0, 1.0, out=x)
         y = np.multiply(x, np.float32(-2.0))  # smoothstep x²(3 − 2x), times t^p
         y += np.float32(3.0)
