@@ -93,7 +93,9 @@ class NetReconstructor:
     with RefineNet whatever the file says; ``coarse``: CoarseNet alone, never gated (ablations).
 
     ``precision``: the autocast dtype of the network's convolutions (outputs are float32
-    either way); on CUDA the model also runs channels-last, the layout tensor cores want.
+    either way). ``channels_last``: the model's weights in the layout oneDNN's CPU kernels
+    and CUDA's tensor cores want (the same sums in another order: float noise; CoarseNet
+    with its gate at 1536x813 on 2 CPU cores 1310 -> 1206 ms a frame).
     ``tile``: run CoarseNet and RefineNet on tiles of this many pixels (each with
     ``tile_margin`` more context on every side, cropped off), so memory stays bounded at any
     frame size; 0 never tiles, None tiles frames above ``AUTO_TILE_PIXELS``. Seams differ
@@ -114,6 +116,7 @@ class NetReconstructor:
         tile_margin: int = TILE_MARGIN,
         denoise: bool = True,
         classical: ClassicalConfig | None = None,
+        channels_last: bool = True,
     ) -> None:
         if name not in NAMES:
             raise ValueError(f"NetReconstructor is one of {NAMES}, got {name!r}")
@@ -127,6 +130,7 @@ class NetReconstructor:
         self.device = _device(device)
         self.precision = resolve_precision(precision, self.device)
         self.stream = stream
+        self.channels_last = channels_last
         self._models: dict[int, torch.nn.Module] = {}
         missing = [self._path(n) for n in (2, 3) if not self._path(n).is_file()]
         if len(missing) == 2:  # fail before the stream starts, not on every window
@@ -155,7 +159,7 @@ class NetReconstructor:
                     f"{WEIGHTS_DIR}; train others with `hdrstream train`, or use --method classical)"
                 )
             model = load_weights(path).to(self.device).eval()
-            if self.device.type == "cuda":
+            if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
             self._models[exposures] = model
             log.info("loaded %s (%s)", path, self._models[exposures].meta.get("summary", ""))

@@ -150,6 +150,25 @@ def test_the_network_ships_for_both_cycles_and_is_found(monkeypatch):
     assert not network_shipped()
 
 
+@pytest.mark.parametrize("method", ["net", "net-refine"])
+def test_channels_last_gives_the_same_hdr_as_contiguous_weights(weights, method):
+    """The channels-last model (the default, faster on oneDNN and tensor cores) computes the
+    same sums in another order: equal to float noise, streaming and windowed, whether the
+    network is the tiny test one or the shipped gated one."""
+    frames, expos = stream_of(7, 2, h=48, w=80, seed=6)
+    for w in (weights, None):  # None: the shipped weights
+        plain = NetReconstructor(method, w, device="cpu", channels_last=False)
+        fast = NetReconstructor(method, w, device="cpu")
+        for i, win, ex, seqs in windows(frames, expos, 2):
+            a = plain.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+            b = fast.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * a.max(), err_msg=f"frame {i}")
+        conv = next(m for m in fast.model(2).modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+        conv = next(m for m in plain.model(2).modules() if isinstance(m, torch.nn.Conv2d))
+        assert not conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_bf16_autocast_stays_close_to_float32(weights):
     """precision="bf16" (autocast; CUDA's default, runnable on the CPU too) returns float32
     HDR within bf16's rounding of the float32 result, streaming as windowed."""

@@ -105,7 +105,9 @@ class WeightNet(nn.Module):
         feat = lrelu(self.dec3(torch.cat((lrelu(self.up3(feat)), feat_l3), dim=1)))  # (b, c2, H/4, W/4)
         feat = lrelu(self.dec2(torch.cat((lrelu(self.up2(feat)), feat_l2), dim=1)))  # (b, c1, H/2, W/2)
         logits = self.conv_last(torch.cat((lrelu(self.up1(feat)), feat_l1), dim=1))  # (b, 3·n, H, W)
-        weights = torch.sigmoid(logits).reshape(hdrs.shape)
+        # NCHW before the split into images: a channels-last model's (b, 3n, H, W) would
+        # split into a strided 5-D view that every later per-pixel product walks slowly.
+        weights = torch.sigmoid(logits).contiguous().reshape(hdrs.shape)
         if self.prior:
             if prior is None:
                 raise ValueError("WeightNet: built with a prior; pass prior weights")
