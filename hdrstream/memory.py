@@ -6,7 +6,8 @@ images a frame, and glibc's defaults hand each back to the kernel and fault it i
 at 32 MiB, below a window of five full-size float frames or a network's activations, and
 each mmap'd block is faulted in page by page on every call: the network at 1536x813 spent
 most of its time in the kernel), from one arena (a thread's own arena is mmap'd in 64 MiB
-heaps, too small for those blocks), stops trimming the heap back below 1 GiB and grows it
+heaps, too small for those blocks), never trims the heap (the network frees more than a
+GiB at a time, and a 1 GiB threshold handed that back to be faulted in again) and grows it
 in 256 MiB steps. Resident memory then stays at its high-water mark, which is what a
 streaming service wants. A no-op (False) where the C library is not glibc.
 """
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -2, -3, -4, -8  # <malloc.h>
 _SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1),
-             (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 256 << 20))
+             (_M_TRIM_THRESHOLD, -1), (_M_TOP_PAD, 256 << 20))  # -1: never trim
 _done: bool | None = None
 
 

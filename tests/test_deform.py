@@ -78,18 +78,37 @@ class TestPureImplementation:
             {"b": 1, "groups": 1, "padding": 0},
         ],
     )
-    def test_matches_naive_loop(self, kwargs):
+    @pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+    def test_matches_naive_loop(self, kwargs, grad):
+        """Both paths: with autograd, and the in-place one inference takes."""
         inp, offset, weight, bias, mask = random_problem(**kwargs)
         s, p, d = kwargs.get("stride", 1), kwargs.get("padding", 1), kwargs.get("dilation", 1)
-        got = deform_conv2d(inp, offset, weight, bias, mask, stride=s, padding=p, dilation=d, impl="torch")
+        with torch.set_grad_enabled(grad):
+            got = deform_conv2d(inp, offset, weight, bias, mask, stride=s, padding=p, dilation=d, impl="torch")
         want = naive_deform_conv2d(inp, offset, weight, bias, mask, (s, s), (p, p), (d, d))
         torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
-    def test_row_bands_equal_one_shot(self):
+    @pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])
+    def test_row_bands_equal_one_shot(self, grad):
+        """Bands of output rows (a shared sampling grid in inference) give the one-shot
+        result, for channels-last offsets and masks as a channels-last model makes them."""
         inp, offset, weight, bias, mask = random_problem(h=9, w=7)
         full = deform_conv2d_torch(inp, offset, weight, bias, mask, padding=(1, 1))
-        banded = deform_conv2d_torch(inp, offset, weight, bias, mask, padding=(1, 1), column_budget=1)
-        torch.testing.assert_close(banded, full)
+        cl = [t.contiguous(memory_format=torch.channels_last) for t in (inp, offset, mask)]
+        with torch.set_grad_enabled(grad):
+            for a, o, m in ((inp, offset, mask), cl):
+                banded = deform_conv2d_torch(a, o, weight, bias, m, padding=(1, 1), column_budget=1)
+                torch.testing.assert_close(banded, full)
+
+    def test_module_gives_the_same_in_inference_and_with_autograd(self):
+        torch.manual_seed(3)
+        dcn = ModulatedDeformConv(8, 6, 5, deform_groups=2, impl="torch")
+        with torch.no_grad():
+            dcn.conv_offset.weight.normal_(0, 0.5)  # offsets and masks away from their start
+        x, feat = torch.randn(2, 8, 7, 9), torch.randn(2, 5, 7, 9)
+        with torch.inference_mode():
+            fast = dcn(x, feat)
+        torch.testing.assert_close(fast, dcn(x, feat).detach())
 
     def test_zero_offsets_unit_mask_is_a_convolution(self):
         inp, offset, weight, bias, mask = random_problem()

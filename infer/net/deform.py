@@ -147,15 +147,20 @@ def deform_conv2d_torch(
     wgroups = cin // cin_g
     cg = cin // groups
 
-    # Tap positions relative to the output pixel: (K,) each, row-major over the kernel.
+    # Sampling positions in grid_sample's units, (2p + 1)/size - 1, as base + offset·2/size:
+    # the base (tap position + output pixel) once, then one pass per coordinate and band into
+    # a preallocated grid (at 1536x813 each full-size temporary is a 100+ MB pass).
     ky, kx = torch.meshgrid(
         torch.arange(kh, device=input.device, dtype=input.dtype) * dilation[0] - padding[0],
         torch.arange(kw, device=input.device, dtype=input.dtype) * dilation[1] - padding[1],
         indexing="ij",
     )
     ky, kx = ky.reshape(k, 1, 1), kx.reshape(k, 1, 1)
+    ox = torch.arange(wo, device=input.device, dtype=input.dtype).view(1, 1, -1) * stride[1]
+    base_x = (2 * (ox + kx) + 1) / w - 1  # (K, 1, wo)
     x_in = input.reshape(b * groups, cg, h, w)  # (b·g, c/g, h, w)
     w_mat = weight.reshape(wgroups, cout // wgroups, cin_g * k)  # columns ordered (c, k)
+    in_place = not torch.is_grad_enabled()  # autograd needs the unmasked columns for the mask's gradient
 
     rows = max(1, min(ho, column_budget // max(1, b * cin * k * wo)))
     out = []
@@ -163,15 +168,21 @@ def deform_conv2d_torch(
         r1 = min(ho, r0 + rows)
         off = offset[:, :, r0:r1].reshape(b, groups, k, 2, r1 - r0, wo)  # (b, g, k, 2, r, wo)
         oy = torch.arange(r0, r1, device=input.device, dtype=input.dtype).view(1, -1, 1) * stride[0]
-        ox = torch.arange(wo, device=input.device, dtype=input.dtype).view(1, 1, -1) * stride[1]
-        py = (oy + ky) + off[:, :, :, 0]  # (b, g, k, r, wo) sampling rows in input pixels
-        px = (ox + kx) + off[:, :, :, 1]
-        grid = torch.stack(((2 * px + 1) / w - 1, (2 * py + 1) / h - 1), dim=-1)
+        base_y = (2 * (oy + ky) + 1) / h - 1  # (K, r, 1)
+        if in_place:
+            if r0 == 0:  # one grid for every band (the last one may use less of it)
+                grid_buf = torch.empty(b * groups * k * rows * wo * 2, device=input.device, dtype=input.dtype)
+            grid = grid_buf[: b * groups * k * (r1 - r0) * wo * 2].view(b, groups, k, r1 - r0, wo, 2)
+            torch.add(base_y, off[:, :, :, 0], alpha=2.0 / h, out=grid[..., 1])
+            torch.add(base_x, off[:, :, :, 1], alpha=2.0 / w, out=grid[..., 0])
+        else:
+            grid = torch.stack((base_x + off[:, :, :, 1] * (2.0 / w), base_y + off[:, :, :, 0] * (2.0 / h)), dim=-1)
         grid = grid.reshape(b * groups, k * (r1 - r0), wo, 2)
         cols = F.grid_sample(x_in, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         cols = cols.view(b, groups, cg, k, r1 - r0, wo)  # (b, g, c/g, k, r, wo)
         if mask is not None:
-            cols = cols * mask[:, :, r0:r1].reshape(b, groups, 1, k, r1 - r0, wo)
+            m = mask[:, :, r0:r1].reshape(b, groups, 1, k, r1 - r0, wo)
+            cols = cols.mul_(m) if in_place else cols * m
         cols = cols.reshape(b, wgroups, cin_g * k, (r1 - r0) * wo)  # (b, wg, (c, k), r·wo)
         out.append(torch.matmul(w_mat, cols).reshape(b, cout, r1 - r0, wo))
     y = out[0] if len(out) == 1 else torch.cat(out, dim=2)
@@ -227,5 +238,9 @@ class ModulatedDeformConv(nn.Module):
         """x (b, c, h, w) sampled feature; feat (b, c_off, h, w) offset feature → (b, c_out, h, w)."""
         gk = self.deform_groups * self.kernel_size**2
         out = self.conv_offset(feat)  # (b, 3·g·k, h, w)
-        offset, mask = out[:, : 2 * gk], torch.sigmoid(out[:, 2 * gk :])
+        offset, mask = out[:, : 2 * gk], out[:, 2 * gk :]
+        # NCHW masks whatever the conv's layout: the sampling multiplies them band by band,
+        # and a channels-last slice would make each of those a slow strided pass.
+        mask = torch.sigmoid(mask, out=torch.empty(mask.shape, dtype=mask.dtype, device=mask.device)) \
+            if not torch.is_grad_enabled() else torch.sigmoid(mask).contiguous()
         return deform_conv2d(x, offset, self.weight, self.bias, mask, padding=self.padding, impl=self.impl)
