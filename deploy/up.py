@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 WORKER_STOP_S = 30.0  # how long idle workers get to exit after SIGTERM
 RESTART_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 16.0)  # a dead worker's restarts, then it stays down
+SINK_GRACE_S = 3.0  # after the sink exits, how long the others get to end by themselves
 
 
 @dataclass
@@ -112,6 +113,7 @@ def run(config: str, workers: int | None = None, env: dict[str, str] | None = No
     core = [by_name["capture"], by_name["preprocess"], by_name["sink"]]
     interrupts = 0
     reported: set[int] = set()  # pids whose exit was reported
+    sink_gone_at, stopping = 0.0, False
     try:
         while any(p.rc is None for p in core):
             try:
@@ -137,9 +139,14 @@ def run(config: str, workers: int | None = None, env: dict[str, str] | None = No
                     print(f"up: {p.name} restarted ({p.restarts}/{len(RESTART_BACKOFF_S)}, pid {p.popen.pid})",
                           file=sys.stderr)
             if by_name["sink"].rc is not None and any(p.rc is None for p in core):
-                print("up: the sink has exited; stopping the rest", file=sys.stderr)
-                for p in core:
-                    _signal(p, signal.SIGTERM)
+                # The others usually end on their own a moment later (the stream is over):
+                # a SIGTERM that meets one while it exits kills it mid-shutdown, a false failure.
+                sink_gone_at = sink_gone_at or time.monotonic()
+                if not stopping and time.monotonic() - sink_gone_at >= SINK_GRACE_S:
+                    stopping = True
+                    print("up: the sink has exited; stopping the rest", file=sys.stderr)
+                    for p in core:
+                        _signal(p, signal.SIGTERM)
     finally:
         workers_ = [p for p in procs if p.name.startswith("infer")]
         for p in workers_:

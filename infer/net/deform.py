@@ -241,6 +241,7 @@ class ModulatedDeformConv(nn.Module):
         offset, mask = out[:, : 2 * gk], out[:, 2 * gk :]
         # NCHW masks whatever the conv's layout: the sampling multiplies them band by band,
         # and a channels-last slice would make each of those a slow strided pass.
-        mask = torch.sigmoid(mask, out=torch.empty(mask.shape, dtype=mask.dtype, device=mask.device)) \
-            if not torch.is_grad_enabled() else torch.sigmoid(mask).contiguous()
+        # In inference the sigmoid runs in place, in the conv's own memory order (fast), and
+        # one copy then reorders the masks.
+        mask = mask.sigmoid_().contiguous() if not torch.is_grad_enabled() else torch.sigmoid(mask).contiguous()
         return deform_conv2d(x, offset, self.weight, self.bias, mask, padding=self.padding, impl=self.impl)
