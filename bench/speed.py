@@ -7,8 +7,9 @@ with cached features (a static camera, or alignment off) RefineNet's feature ext
 also runs on the new frame only. On CUDA it also compares fp32 with bf16/fp16 autocast,
 each with and without channels-last. With ``--weights`` it times a trained network as
 shipped; for the DIS-flow variant the exposure-matched DIS flows (OpenCV, on the CPU) are
-part of every frame's time. ``--compile`` times the network's stages under ``torch.compile``
-(in the precision the reconstructor uses: fp32 on a CPU, bf16 channels-last on CUDA); the
+part of every frame's time. On the CPU, fp32 with and without channels-last. ``--compile``
+times the network's stages under ``torch.compile`` (in the precision and layout the
+reconstructor uses: fp32 channels-last on a CPU, bf16 channels-last on CUDA); the
 first call of each compiles and is not counted.
 
     .venv/bin/python bench/speed.py [--sizes 1280x720,1536x813,1920x1080] [--width 1.0] [--exposures 2]
@@ -151,13 +152,14 @@ def main() -> None:
         a.width, a.exposures = net.cfg.width, net.cfg.exposures
     else:
         net = HDRNet(NetConfig(exposures=a.exposures, width=a.width)).to(device).eval()
-    variants: list[tuple[torch.dtype | None, bool]] = [(None, False)]  # (autocast dtype, channels-last)
+    # (autocast dtype, channels-last): on the CPU fp32 both ways (NetReconstructor runs channels-last)
+    variants: list[tuple[torch.dtype | None, bool]] = [(None, False), (None, True)]
     if device.type == "cuda":  # what NetReconstructor does on CUDA (bf16, channels-last) and the rest
         variants = [(dt, cl) for dt in (None, torch.bfloat16, torch.float16) for cl in (False, True)]
     if a.compile:  # instance attributes: HDRNet.forward calls these too
         for stage in ("coarse_forward", "refine_forward", "features"):
             setattr(net, stage, torch.compile(getattr(net, stage)))
-        variants = variants[-3:-2] if device.type == "cuda" else variants  # bf16 channels-last on CUDA
+        variants = variants[-3:-2] if device.type == "cuda" else variants[1:]  # as the reconstructor runs
     print(f"network: {a.exposures} exposures, width {a.width}, flow {net.cfg.flow}, device {device} "
           f"({torch.get_num_threads()} CPU threads)" if device.type == "cpu" else f"device {torch.cuda.get_device_name()}")
     for size in a.sizes.split(","):
