@@ -9,13 +9,16 @@ most of its time in the kernel), from one arena (a thread's own arena is mmap'd 
 heaps, too small for those blocks), never trims the heap (the network frees more than a
 GiB at a time, and a 1 GiB threshold handed that back to be faulted in again) and grows it
 in 256 MiB steps. Resident memory then stays at its high-water mark, which is what a
-streaming service wants. A no-op (False) where the C library is not glibc.
+streaming service wants. A no-op (False) where the C library is not glibc, and where the
+environment sets ``HDRSTREAM_KEEP_MEMORY=0`` (a process that shares its machine and should
+hand memory back, at the cost of the faults above).
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1
 _SETTINGS = ((_M_MMAP_THRESHOLD, 32 << 20), (_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1),
              (_M_TRIM_THRESHOLD, -1), (_M_TOP_PAD, 256 << 20))  # -1: never trim
 _done: bool | None = None
+ENV = "HDRSTREAM_KEEP_MEMORY"
 
 
 def keep_freed_memory() -> bool:
@@ -34,6 +38,9 @@ def keep_freed_memory() -> bool:
 
 
 def _tune() -> bool:
+    if os.environ.get(ENV, "1").strip() == "0":
+        log.info("%s=0: glibc's allocator keeps its defaults", ENV)
+        return False
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")

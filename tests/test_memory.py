@@ -35,3 +35,15 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
     faults = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     assert faults < 500  # 5 here; ~2,200 with the images alone tuned (each window mmap'd afresh)
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")
+def test_the_tuning_can_be_turned_off_by_the_environment():
+    """HDRSTREAM_KEEP_MEMORY=0: glibc keeps its defaults (a process on a shared machine that
+    should hand memory back)."""
+    import os
+
+    code = "from hdrstream.memory import keep_freed_memory; print(keep_freed_memory())"
+    env = {**os.environ, "HDRSTREAM_KEEP_MEMORY": "0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.strip() == "False"
