@@ -163,15 +163,15 @@ def deform_conv2d_torch(
     in_place = not torch.is_grad_enabled()  # autograd needs the unmasked columns for the mask's gradient
 
     rows = max(1, min(ho, column_budget // max(1, b * cin * k * wo)))
+    # inference: one grid for every band (the last one may use less of it)
+    grid_buf = torch.empty(b * groups * k * rows * wo * 2, device=input.device, dtype=input.dtype) if in_place else None
     out = []
     for r0 in range(0, ho, rows):
         r1 = min(ho, r0 + rows)
         off = offset[:, :, r0:r1].reshape(b, groups, k, 2, r1 - r0, wo)  # (b, g, k, 2, r, wo)
         oy = torch.arange(r0, r1, device=input.device, dtype=input.dtype).view(1, -1, 1) * stride[0]
         base_y = (2 * (oy + ky) + 1) / h - 1  # (K, r, 1)
-        if in_place:
-            if r0 == 0:  # one grid for every band (the last one may use less of it)
-                grid_buf = torch.empty(b * groups * k * rows * wo * 2, device=input.device, dtype=input.dtype)
+        if grid_buf is not None:
             grid = grid_buf[: b * groups * k * (r1 - r0) * wo * 2].view(b, groups, k, r1 - r0, wo, 2)
             torch.add(base_y, off[:, :, :, 0], alpha=2.0 / h, out=grid[..., 1])
             torch.add(base_x, off[:, :, :, 1], alpha=2.0 / w, out=grid[..., 0])
@@ -240,8 +240,7 @@ class ModulatedDeformConv(nn.Module):
         out = self.conv_offset(feat)  # (b, 3·g·k, h, w)
         offset, mask = out[:, : 2 * gk], out[:, 2 * gk :]
         # NCHW masks whatever the conv's layout: the sampling multiplies them band by band,
-        # and a channels-last slice would make each of those a slow strided pass.
-        # In inference the sigmoid runs in place, in the conv's own memory order (fast), and
-        # one copy then reorders the masks.
-        mask = mask.sigmoid_().contiguous() if not torch.is_grad_enabled() else torch.sigmoid(mask).contiguous()
+        # and a channels-last slice would make each of those a slow strided pass. In
+        # inference the sigmoid runs in place, in the conv's own memory order (fast).
+        mask = (torch.sigmoid(mask) if torch.is_grad_enabled() else mask.sigmoid_()).contiguous()
         return deform_conv2d(x, offset, self.weight, self.bias, mask, padding=self.padding, impl=self.impl)
