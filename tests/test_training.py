@@ -208,6 +208,31 @@ def test_motion_weight_makes_an_error_where_things_move_cost_more():
     assert weighted[1] > 2 * weighted[0]
 
 
+def test_psnr_norm_is_each_samples_psnr_and_squares_a_ghost():
+    """norm = "psnr" is minus each sample's PSNR-μ (dB/100), averaged over the batch, as
+    validation scores; at the same L1, a concentrated error (a ghost) costs it more than
+    the same total spread thin (noise), where the L1 sees no difference."""
+    from hdrstream.quality import psnr_mu
+    g = torch.Generator().manual_seed(3)
+    gt = torch.rand(2, 3, 16, 16, generator=g) * 0.2
+    pred = (gt + 0.02 * torch.randn(gt.shape, generator=g)).clamp(0, 1)
+    cfg = LossConfig(norm="psnr")
+    term = stage_loss("gate", {"hdr": pred}, {"gt_ref": gt}, cfg)[1]["gate"]
+    want = -sum(psnr_mu(pred[i].permute(1, 2, 0).numpy(), gt[i].permute(1, 2, 0).numpy(), 1.0) for i in range(2)) / 200
+    assert term == pytest.approx(want, abs=1e-4)
+    t = mu_law(gt)
+    spread, ghost = t.clone(), t.clone()
+    spread += 0.01  # every pixel 0.01 off in μ-law
+    ghost[..., :4, :4] += 0.16  # 1/16 of the pixels 0.16 off: the same L1
+    to_hdr = lambda m: ((1 + 5000.0) ** m - 1) / 5000.0  # noqa: E731  (inverse μ-law)
+    losses = {n: [stage_loss("gate", {"hdr": to_hdr(x)}, {"gt_ref": gt}, LossConfig(norm=n))[0] for x in (spread, ghost)]
+              for n in ("l1", "psnr")}
+    assert float(losses["l1"][0]) == pytest.approx(float(losses["l1"][1]), rel=1e-3)
+    assert float(losses["psnr"][1]) > float(losses["psnr"][0]) + 0.05  # > 5 dB worse
+    with pytest.raises(ValueError, match="loss.norm"):
+        LossConfig(norm="l2").validate()
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 

@@ -82,6 +82,9 @@ class DataConfig:
         return self.ratios2 if exposures == 2 else self.ratios3
 
 
+LOSS_NORMS = ("l1", "psnr")
+
+
 @dataclass
 class LossConfig:
     """Weights of the loss terms (see :mod:`training.losses`)."""
@@ -98,8 +101,14 @@ class LossConfig:
     # than MOTION_TOL in μ-law) count 1 + motion_weight times in the μ-law L1 terms: a ghost
     # there costs more than the noise a static area averages away (0: the paper's loss)
     motion_weight: float = 0.0
+    # the μ-law error terms (coarse, and refine or gate where every pixel counts): "l1" (the
+    # paper's) or "psnr" (each sample's PSNR-μ, what validation scores; eq. 6's masked L1 of
+    # the paper's refine stage stays L1)
+    norm: str = "l1"
 
     def validate(self) -> None:
+        if self.norm not in LOSS_NORMS:
+            raise ValueError(f"loss.norm must be one of {LOSS_NORMS}, got {self.norm!r}")
         if self.perceptual not in ("ssim", "grad", "none"):
             raise ValueError(f"loss.perceptual must be ssim|grad|none, got {self.perceptual!r}")
         if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight) < 0 or self.scales < 1:

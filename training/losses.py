@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infer.net.ops import MU
+from training.config import LOSS_NORMS
 from infer.net.ops import mu_law as _mu_law
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a dynamic range of 1
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # the usual 11x11 Gaussian window
@@ -35,7 +36,7 @@ def mu_law(hdr: Tensor, mu: float = MU) -> Tensor:
 
 def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
     """Mean L1 between μ-law coarse HDRs and ground truth, any matching shapes (B, 3, 3, H, W)."""
-    return _weighted_l1(coarse, gt, None)
+    return _weighted_error(coarse, gt, None, "l1")
 
 
 MOTION_TOL = 0.02  # μ-law difference of the ground truth that counts as motion
@@ -52,13 +53,34 @@ def motion_weights(gt: Tensor, weight: float) -> Tensor | None:
     return 1.0 + weight * moved.unsqueeze(1).to(gt.dtype)
 
 
-def _weighted_l1(pred: Tensor, gt: Tensor, w: Tensor | None) -> Tensor:
-    """μ-law L1, a weighted mean when ``w`` (broadcastable to pred) is given."""
-    d = (mu_law(pred) - mu_law(gt)).abs()
+PSNR_SCALE = 0.01  # the "psnr" term in dB/100: about the size of the L1 term at 40 dB
+MSE_FLOOR = 1e-10  # 100 dB: a window without error does not send the log to -inf
+
+
+def _weighted_error(pred: Tensor, gt: Tensor, w: Tensor | None, norm: str) -> Tensor:
+    """μ-law error of pred against gt, weighted by ``w`` (broadcastable to pred) when given.
+
+    "l1": the paper's mean absolute error. "psnr": minus the mean over samples of each
+    sample's PSNR-μ (from its weighted mean squared error), what validation and
+    ``bench/quality.py`` score. L1 is robust to outliers: it will trade a ghost (a few
+    large errors, which PSNR squares) for less noise everywhere else (many small ones).
+    """
+    d = mu_law(pred) - mu_law(gt)
+    if norm == "l1":
+        d = d.abs()
+        if w is None:
+            return d.mean()
+        w = w.expand_as(d)
+        return (d * w).sum() / w.sum()
+    if norm != "psnr":
+        raise ValueError(f"unknown loss norm {norm!r} (expected one of {LOSS_NORMS})")
+    d = d * d
     if w is None:
-        return d.mean()
-    w = w.expand_as(d)
-    return (d * w).sum() / w.sum()
+        mse = d.flatten(1).mean(1)
+    else:
+        w = w.expand_as(d)
+        mse = (d * w).flatten(1).sum(1) / w.flatten(1).sum(1)
+    return PSNR_SCALE * 10.0 * torch.log10(mse.clamp_min(MSE_FLOOR)).mean()
 
 
 def linear_l1(hdr: Tensor, gt: Tensor) -> Tensor:
@@ -157,15 +179,16 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
     terms: dict[str, Tensor] = {}
     w = motion_weights(batch["gt"], lcfg.motion_weight) if "gt" in batch else None
     if stage == "gate":  # the gated final HDR, every pixel counts (the gate also acts where M = 1)
-        terms["gate"] = lcfg.refine * _weighted_l1(out["hdr"], batch["gt_ref"], w)
+        terms["gate"] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         # without RefineNet only the reference's window runs: "coarse" is (B, 1, 3, H, W)
         gt = batch["gt"] if out["coarse"].shape[1] == batch["gt"].shape[1] else batch["gt"][:, 1:2]
         # the reference's motion weighs each coarse HDR alike
-        terms["coarse"] = lcfg.coarse * _weighted_l1(out["coarse"], gt, None if w is None else w.unsqueeze(1))
+        terms["coarse"] = lcfg.coarse * _weighted_error(out["coarse"], gt, None if w is None else w.unsqueeze(1),
+                                                        lcfg.norm)
     if stage in ("refine", "e2e"):
         if "gate" in out or "mask" not in out:  # a gate (or no eq. 4 blend) acts everywhere: M = 1 pixels count too
-            terms["refine"] = lcfg.refine * _weighted_l1(out["hdr"], batch["gt_ref"], w)
+            terms["refine"] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
         else:
             terms["refine"] = lcfg.refine * refine_l1(out["hdr"], batch["gt_ref"], out["mask"])
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
