@@ -26,6 +26,7 @@ from infer.mask import EXPOSURE_TOL
 _VALID = (0.03, 0.9)  # gamma values the estimate trusts: above the darkest codes, below clipping
 _SAMPLES = 60_000  # pixels the estimate reads at most (a regular grid)
 _MIN_PIXELS = 300  # fewer usable ones than this: no estimate
+_MIN_SIGMA = 1e-6  # a per-pixel strength floor (y units): a zero would divide by zero
 _MAD_TO_SIGMA = 1.4826  # a Gaussian's standard deviation from its median absolute deviation
 
 
@@ -60,12 +61,15 @@ def reference_noise(frames: np.ndarray, exposures: Sequence[float], ref: int,
     d = d.ravel()
     d -= np.median(d)
     spread = _MAD_TO_SIGMA * float(np.median(np.abs(d)))
+    if spread <= 0.0:  # most pixels equal to the code: noise-free (rendered) frames, nothing to filter
+        return None
     d = d[np.abs(d) < 3.0 * spread]  # motion and misalignment are not noise: trim, then look again
     if d.size < _MIN_PIXELS:
         return None
     # the spread of a difference of two frames is sqrt(2) times one frame's; the trim at 3σ
     # leaves a Gaussian's spread 1.4 % too low, close enough
-    return _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+    sigma = _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
+    return sigma if sigma > 0.0 else None
 
 
 def _usable(L: np.ndarray) -> np.ndarray:
@@ -87,7 +91,7 @@ def denoise(H: np.ndarray, t_ref: float, sigma: float | np.ndarray, px: int = 5)
     if np.isscalar(sigma):
         out = cv2.bilateralFilter(y, px, float(sigma), px / 2.0)
     else:
-        s = np.asarray(sigma, np.float32)
+        s = np.maximum(np.asarray(sigma, np.float32), np.float32(_MIN_SIGMA))  # y / 0 would be NaN
         s3 = cv2.merge((s, s, s))
         cv2.divide(y, s3, dst=y)
         out = cv2.bilateralFilter(y, px, 1.0, px / 2.0)

@@ -38,6 +38,25 @@ def test_no_estimate_without_a_frame_of_the_reference_exposure():
     assert reference_noise(frames, [1.0, 4.0, 16.0], 1) is None
 
 
+@pytest.mark.parametrize("local", [True, False])
+def test_noise_free_frames_are_left_unfiltered_not_turned_to_nan(local):
+    """Rendered (noise-free) frames: the reference and its same-exposure partner agree to the
+    code wherever nothing moves, so there is no noise to measure. The merge must come out
+    as it went in (a zero strength once divided every pixel by zero: an all-NaN frame)."""
+    lin = scene()
+    L = lambda t: (np.clip(lin * t, 0, 1) ** np.float32(1 / 2.2) * 255).round().astype(np.float32) / 255  # noqa: E731
+    frames = np.stack([L(1.0), L(4.0), L(16.0), L(1.0), L(4.0), L(16.0), L(1.0)])
+    frames[6, 10:30, 10:40] = 0.3  # something moved: a few pixels differ, most are equal
+    assert reference_noise(frames, [1, 4, 16, 1, 4, 16, 1], 3) is None
+    plain = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(frames, [1, 4, 16, 1, 4, 16, 1], 3)
+    out = ClassicalReconstructor(ClassicalConfig(denoise_local=local)).reconstruct(frames, [1, 4, 16, 1, 4, 16, 1], 3)
+    assert np.isfinite(out).all()
+    np.testing.assert_array_equal(out, plain)
+    y = np.sqrt(lin)  # a strength map with zeros filters nothing there rather than making NaN
+    assert np.isfinite(denoise(lin, 1.0, np.zeros(lin.shape[:2], np.float32))).all()
+    np.testing.assert_allclose(denoise(lin, 1.0, np.zeros(lin.shape[:2], np.float32)), y * y, rtol=1e-5)
+
+
 def test_the_filter_removes_noise_and_keeps_an_edge():
     rng = np.random.default_rng(2)
     truth = np.full((64, 64, 3), 0.04, np.float32)
