@@ -233,6 +233,23 @@ def test_psnr_norm_is_each_samples_psnr_and_squares_a_ghost():
         LossConfig(norm="l2").validate()
 
 
+def test_the_hue_term_sees_a_cast_in_a_partly_clipped_highlight_and_nothing_else():
+    """Where the reference clips red but not green and blue, a cyan cast costs the hue term and
+    a grey-level (gain) error does not; outside such pixels it is 0, and off by default."""
+    gt = torch.full((1, 3, 8, 8), 0.3)
+    gt[:, 0] = 0.6  # warm
+    ldr = torch.full((1, 3, 3, 8, 8), 0.5)
+    ldr[:, 1, 0, :4] = 1.0  # the reference's red clips in the top half
+    cast, brighter = gt.clone(), gt * 1.3
+    cast[:, 1:, :4] *= 1.5  # green and blue too high where red clipped: a cyan cast
+    batch = {"gt_ref": gt, "ldr": ldr, "gt": gt[:, None].expand(1, 3, 3, 8, 8)}
+    hue = lambda p, b=batch: stage_loss("gate", {"hdr": p}, b, LossConfig(hue=1.0))[1]["hue"]  # noqa: E731
+    assert hue(cast) > 0.05 and hue(brighter) == pytest.approx(0.0, abs=1e-6) and hue(gt) == 0.0
+    calm = {**batch, "ldr": torch.full((1, 3, 3, 8, 8), 0.5)}
+    assert hue(cast, calm) == 0.0
+    assert "hue" not in stage_loss("gate", {"hdr": cast}, batch, LossConfig())[1]
+
+
 # -- the loop ------------------------------------------------------------------------------
 
 

@@ -105,13 +105,16 @@ class LossConfig:
     # paper's) or "psnr" (each sample's PSNR-μ, what validation scores; eq. 6's masked L1 of
     # the paper's refine stage stays L1)
     norm: str = "l1"
+    # chromaticity L1 of the final HDR where the reference is partly clipped (training.losses.hue_l1):
+    # a colour cast in a highlight costs the μ-law next to nothing (0: the paper's loss)
+    hue: float = 0.0
 
     def validate(self) -> None:
         if self.norm not in LOSS_NORMS:
             raise ValueError(f"loss.norm must be one of {LOSS_NORMS}, got {self.norm!r}")
         if self.perceptual not in ("ssim", "grad", "none"):
             raise ValueError(f"loss.perceptual must be ssim|grad|none, got {self.perceptual!r}")
-        if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight) < 0 or self.scales < 1:
+        if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight, self.hue) < 0 or self.scales < 1:
             raise ValueError("loss weights must be >= 0 and scales >= 1")
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from infer.net.ops import MU
 from training.config import LOSS_NORMS
+from training.splits import CLIP_LEVEL
 from infer.net.ops import mu_law as _mu_law
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a dynamic range of 1
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # the usual 11x11 Gaussian window
@@ -87,6 +88,22 @@ def linear_l1(hdr: Tensor, gt: Tensor) -> Tensor:
     """Mean L1 in linear light, both clamped to [0, 1] as PSNR-L normalises: the error a
     viewer sees in the highlights, which the μ-law compresses away."""
     return (hdr.clamp(0.0, 1.0) - gt.clamp(0.0, 1.0)).abs().mean()
+
+
+def hue_l1(hdr: Tensor, gt: Tensor, ldr_ref: Tensor) -> Tensor:
+    """Mean L1 distance of rgb chromaticities (r, g, b) / (r + g + b) where the reference is
+    partly clipped (some channels at CLIP_LEVEL, not all) and the truth is within range (its
+    colour is knowable): a colour cast in a highlight, which the μ-law hardly sees. The same
+    pixels and distance as ``bench/quality.py``'s hue error; 0 where the batch has none.
+
+    hdr, gt: (B, 3, H, W) normalised HDR. ldr_ref: (B, 3, H, W) the reference, gamma values."""
+    clipped = ldr_ref >= CLIP_LEVEL
+    mask = clipped.any(1) & ~clipped.all(1) & (gt.amax(1) < 1.0)  # (B, H, W)
+    if not bool(mask.any()):
+        return hdr.new_zeros(())
+    p, g = hdr.clamp_min(0.0), gt.clamp_min(0.0)
+    d = (p / p.sum(1, keepdim=True).clamp_min(1e-12) - g / g.sum(1, keepdim=True).clamp_min(1e-12)).abs().sum(1)
+    return d[mask].mean()
 
 
 def refine_l1(hdr: Tensor, gt: Tensor, mask: Tensor) -> Tensor:
@@ -194,6 +211,9 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
             terms["perceptual"] = lcfg.perceptual_weight * perceptual(
                 out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
+    if stage in ("gate", "refine", "e2e") and lcfg.hue > 0 and "ldr" in batch:
+        n = batch["ldr"].shape[1]
+        terms["hue"] = lcfg.hue * hue_l1(out["hdr"], batch["gt_ref"], batch["ldr"][:, n // 2])
     if stage in ("gate", "refine", "e2e") and lcfg.linear > 0:
         terms["linear"] = lcfg.linear * linear_l1(out["hdr"], batch["gt_ref"])
     if not terms:
