@@ -23,9 +23,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from infer.net.ops import MU
+from infer.net.ops import mu_law as _mu_law
 from training.config import LOSS_NORMS
 from training.splits import CLIP_LEVEL
-from infer.net.ops import mu_law as _mu_law
+
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2  # for a dynamic range of 1
 SSIM_SIGMA, SSIM_RADIUS = 1.5, 5  # the usual 11x11 Gaussian window
 
