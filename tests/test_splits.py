@@ -60,3 +60,11 @@ def test_dynamic_validation_set_is_cached_and_scores_classical_by_region(tmp_pat
     assert data["classical_regions"].shape == (2, 6) and np.isfinite(data["classical"].numpy()).all()
     again = dynamic_validation_set(2, size=2, crop=64, cache_dir=tmp_path, per_sequence=2)
     assert list(tmp_path.glob("val-dynamic-*.pt")) and (again["ldr"] == data["ldr"]).all()
+
+
+def test_dynamic_validation_set_has_every_reference_exposure(tmp_path):
+    # every other window of a two-exposure sequence has the same reference exposure: the set
+    # must not pick checkpoints on short references alone
+    data = dynamic_validation_set(2, size=4, crop=64, cache_dir=tmp_path, per_sequence=4)
+    centre = data["expo"][:, data["expo"].shape[1] // 2]
+    assert set(centre.tolist()) == set(data["expo"][0].tolist())

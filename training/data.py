@@ -448,7 +448,7 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     error and value count in each (see :func:`classical_region_scores`).
     """
     spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
-            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 1}
+            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 2}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
 
@@ -456,7 +456,7 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
         samples: list[dict[str, torch.Tensor]] = []
         i = 0
         while len(samples) < size:
-            base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames_for(exposures) + 2 * per_sequence,
+            base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames_for(exposures) + window_stride(exposures) * per_sequence,
                              exposures=exposures, pixel_format=("RGB8", "BayerRG8")[i % 2])
             cfg = split_config("dynamic", DYNAMIC_VAL_OFFSET + i, base)
             samples += _sequence_samples(cfg, crop, per_sequence, flows)[:size - len(samples)]
@@ -470,6 +470,16 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     return data
 
 
+def window_stride(exposures: int) -> int:
+    """Every how many windows of a sequence the dynamic validation set takes one: a stride
+    that shares no factor with the cycle, so every exposure is a reference in turn (every
+    other window of a two-exposure sequence would have the same reference exposure)."""
+    stride = 2
+    while math.gcd(stride, exposures) != 1:
+        stride += 1
+    return stride
+
+
 def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> list[dict[str, torch.Tensor]]:
     """Up to ``count`` validation samples of one simulated sequence, cropped where things move."""
     from preprocess.stage import PreprocessConfig, Preprocessor
@@ -478,7 +488,8 @@ def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> lis
     pre = Preprocessor(PreprocessConfig(window_dtype="float32", defer_warp=False))  # aligned L, as trained on
     n = frames_for(cfg.exposures)
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
-    windows = [w for w in windows if len(set(w.meta["seqs"])) == n and w.meta["ref"] == n // 2][::2][:count]
+    stride = window_stride(cfg.exposures)
+    windows = [w for w in windows if len(set(w.meta["seqs"])) == n and w.meta["ref"] == n // 2][::stride][:count]
     t_min = min(cam.exposure_cycle)
     dis = WindowFlows() if flows else None
     out = []
