@@ -219,11 +219,20 @@ class NetReconstructor:
         """Stop at CoarseNet's HDR of the reference's window (no RefineNet)?"""
         return self.name == "coarse" or (self.name == "net" and not net.cfg.refine)
 
+    def _centres(self, net, ref: int) -> tuple[int, ...]:
+        """The frames whose CoarseNet windows this method runs."""
+        if self._coarse_only(net):
+            return (ref,)
+        if not net.cfg.refine_fits:
+            raise ValueError(f"{self.name}: these weights' CoarseNet window ({net.cfg.coarse_frames} frames) fills "
+                             f"the window, so RefineNet cannot run on them; use --method net or coarse")
+        return (ref - 1, ref, ref + 1)
+
     def _windowed(self, net, frames: np.ndarray, exposures: Sequence[float], ref: int) -> np.ndarray:
         h, w = frames.shape[1:3]
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         half = net.cfg.coarse_frames // 2
-        centres = (ref,) if self._coarse_only(net) else (ref - 1, ref, ref + 1)
+        centres = self._centres(net, ref)
         coarse = [self._coarse(net, x, expo, self._flows(net, frames, exposures, j), j - half, j + half + 1)
                   for j in centres]  # what HDRNet.forward does, by stages, so that both can tile
         if self._coarse_only(net):
@@ -323,7 +332,7 @@ class NetReconstructor:
         n, h, w, _ = frames.shape
         x, expo, t_min = self._tensors(frames, exposures, net.multiple)
         half = net.cfg.coarse_frames // 2
-        centres = (ref,) if self._coarse_only(net) else (ref - 1, ref, ref + 1)
+        centres = self._centres(net, ref)
         position = {int(s): j for j, s in enumerate(seqs)}  # first occurrence is fine: same frame
         coarse, keys, as_cached = {}, {}, {}
         for j in centres:

@@ -324,3 +324,25 @@ def test_refine_off_makes_net_the_gated_coarse_hdr_and_net_refine_keeps_the_pape
     for (_, win, ex, _), n, c in zip(windows(frames, expos, 2), net, coarse):
         merged = ClassicalReconstructor(ClassicalConfig(denoise=0.0)).reconstruct(win, ex, 2)
         np.testing.assert_allclose(n, 0.5 * (merged + c), rtol=1e-4, atol=1e-5 * merged.max())
+
+
+def test_a_five_frame_coarsenet_runs_as_net_and_refuses_refinenet(tmp_path):
+    """Weights whose CoarseNet sees the whole five-frame window of two exposures: ``net`` and
+    ``coarse`` run it (streamed as windowed), ``net-refine`` says why it cannot."""
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", classical_gate=True, refine=False, coarse_window=5)
+    path = save_weights(HDRNet(cfg).eval(), tmp_path / "w5.safetensors")
+    frames, expos = stream_of(9, 2, h=40, w=52)
+    for name in ("net", "coarse"):
+        windowed, streaming = (NetReconstructor(name, device="cpu", tile=0) for _ in range(2))
+        for rec in (windowed, streaming):
+            rec.weights = {2: path}
+        for i, win, ex, seqs in windows(frames, expos, 2):
+            a = windowed.reconstruct(win, ex, 2)
+            b = streaming.reconstruct_stream(win, ex, 2, seqs, [IDENTITY] * len(seqs))
+            assert a.shape == win.shape[1:] and np.isfinite(a).all()
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * a.max(), err_msg=f"{name}, frame {i}")
+    rec = NetReconstructor("net-refine", device="cpu", tile=0)
+    rec.weights = {2: path}
+    with pytest.raises(ValueError, match="RefineNet cannot run"):
+        rec.reconstruct(win, ex, 2)

@@ -253,8 +253,8 @@ def test_the_hue_term_sees_a_cast_in_a_partly_clipped_highlight_and_nothing_else
 # -- the loop ------------------------------------------------------------------------------
 
 
-def fixed_batch(exposures=2, size=2, flows=False):
-    maker = SampleMaker(small_data(), exposures, seed=11, flows=flows)
+def fixed_batch(exposures=2, size=2, flows=False, window=0):
+    maker = SampleMaker(small_data(), exposures, seed=11, flows=flows, window=window)
     return collate([maker(i) for i in range(size)])
 
 
@@ -538,3 +538,47 @@ def test_a_wider_network_starts_from_a_narrower_one_with_the_same_output(tmp_pat
     learned = HDRNet(replace(cfg, flow="learned", width=0.125))
     with pytest.raises(ValueError, match="only CoarseNet's weight head widens"):
         widen_state(learned.state_dict(), HDRNet(replace(cfg, flow="learned", width=0.25)))
+
+
+def test_a_wider_coarsenet_window_starts_from_the_narrow_network_and_trains(tmp_path):
+    """coarse_window = 5 for two exposures: --init from three-frame weights keeps every trained
+    image group in its place (silencing the new frames gives the narrow network's output
+    exactly), the run trains on centre-only flows of five frames and exports weights whose
+    RefineNet cannot run; a window that does not fit is refused."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from infer.window_flows import WindowFlows
+    from training.data import coarse_flows
+    from training.widen import extend_window
+
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", prior_per_channel=True, classical_gate=True, refine=False)
+    narrow = HDRNet(cfg).eval()
+    src = save_weights(narrow, tmp_path / "narrow.safetensors", {"stage": "e2e"})
+    wide = HDRNet(replace(cfg, coarse_window=5)).eval()
+    state = extend_window(narrow.state_dict(), wide, 3)
+    for img in (1, 4, 5, 8):  # the far frames (warped, then unwarped), silenced
+        state["coarse.weight.conv_last.bias"][3 * img:3 * img + 3] = -100.0
+    wide.load_state_dict(state)
+    batch, batch5 = fixed_batch(flows=True), fixed_batch(flows=True, window=5)
+    assert batch5["flows"].shape[1:3] == (1, 4)  # only the centre's window fits in five frames
+    L = batch["ldr"][0].permute(0, 2, 3, 1).numpy()
+    f5 = coarse_flows(WindowFlows(), L, batch["expo"][0].numpy(), 5)
+    np.testing.assert_array_equal(f5[0, 1:3], batch["flows"][0, 1].numpy())  # frames i±1: the same flows here
+    with torch.no_grad():
+        a = narrow.coarse_forward(batch["ldr"][:, 1:4], batch["expo"][:, 1:4], batch["flows"][:, 1])
+        b = wide.coarse_forward(batch5["ldr"], batch5["expo"], batch5["flows"][:, 0])
+    torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-6)
+
+    run = dict(stage="e2e", flow="dis", classical_gate=True, refine=False, init=str(src), lr=2e-3, val_size=2)
+    trainer = Trainer(tiny_cfg(tmp_path / "w", **run, coarse_window=5))
+    assert trainer.model.coarse.weight.images == 9
+    losses = [trainer.train_step(batch5)[0] for _ in range(2)]
+    assert all(np.isfinite(losses))
+    val = trainer.validate()
+    assert np.isfinite(val["metric"])
+    trainer.export(tmp_path / "w5.safetensors", 1.0, val)
+    model = load_weights(tmp_path / "w5.safetensors")
+    assert model.cfg.coarse_frames == 5 and not model.cfg.refine_fits
+    for bad in (dict(coarse_window=4), dict(coarse_window=5, refine=True), dict(coarse_window=5, flow="learned")):
+        with pytest.raises(ValueError, match="coarse_window"):
+            NetConfig(**{**cfg.__dict__, **bad})

@@ -214,10 +214,12 @@ class SampleMaker:
         crop: crop size (defaults to ``dcfg.crop``).
         flows: also give each sample the DIS flows of its three CoarseNet windows
             ("flows", see :func:`coarse_flows`), for the DIS-flow network variant.
+        window: frames of a CoarseNet window for those flows (``NetConfig.coarse_frames``);
+            0: the paper's, two fewer than the sample's.
     """
 
     def __init__(self, dcfg: DataConfig, exposures: int, seed: int, split: str = "train",
-                 crop: int | None = None, flows: bool = False):
+                 crop: int | None = None, flows: bool = False, window: int = 0):
         if split not in ("train", "val"):
             raise ValueError(f"split must be train or val, got {split!r}")
         if split == "val" and seed < VAL_SEED_BASE:
@@ -225,7 +227,7 @@ class SampleMaker:
         self.dcfg, self.exposures, self.seed, self.split = dcfg, exposures, seed, split
         self.crop = crop or dcfg.crop
         self.n = frames_for(exposures)
-        self.flows = flows
+        self.flows, self.window = flows, window
         self._dis: WindowFlows | None = None
         weights = dict(dcfg.sources)
         if weights.get("photo", 0) > 0 and split == "train" and not load_photos(dcfg.photo_dir):
@@ -290,15 +292,23 @@ class SampleMaker:
         if self.flows:
             if self._dis is None:
                 self._dis = WindowFlows()
-            sample["flows"] = torch.from_numpy(coarse_flows(self._dis, L, expo))
+            sample["flows"] = torch.from_numpy(coarse_flows(self._dis, L, expo, self.window))
         return sample
 
 
-def coarse_flows(flows: WindowFlows, L: np.ndarray, expo: np.ndarray) -> np.ndarray:
-    """(3, C-1, 2, h, w): the flows of the three CoarseNet windows (centred on the frames
-    i-1, i, i+1) of an input window ``L`` (n, h, w, 3), as inference computes them."""
+def coarse_flows(flows: WindowFlows, L: np.ndarray, expo: np.ndarray, window: int = 0) -> np.ndarray:
+    """(3, C-1, 2, h, w): the flows of the three CoarseNet windows of C = ``window`` frames
+    (0: n - 2) centred on the frames i-1, i, i+1 of an input window ``L`` (n, h, w, 3), as
+    inference computes them; (1, C-1, 2, h, w), the centre's alone, when only its fits."""
     n = L.shape[0]
-    return np.stack([flows(L, expo, j, n - 2) for j in (n // 2 - 1, n // 2, n // 2 + 1)])
+    size = window or n - 2
+    centres = (n // 2 - 1, n // 2, n // 2 + 1) if size + 2 <= n else (n // 2,)
+    return np.stack([flows(L, expo, j, size) for j in centres])
+
+
+def centre_flows(flows: torch.Tensor) -> torch.Tensor:
+    """The reference's CoarseNet window's flows (B, C-1, 2, h, w) of a batch's "flows"."""
+    return flows[:, flows.shape[1] // 2]
 
 
 def _flip_rotate(L: np.ndarray, gt: np.ndarray, rng: np.random.Generator,
@@ -323,10 +333,10 @@ class WindowStream(IterableDataset):
     """
 
     def __init__(self, dcfg: DataConfig, exposures: int, seed: int, batch_size: int, start_step: int = 0,
-                 flows: bool = False):
+                 flows: bool = False, window: int = 0):
         super().__init__()
         self.dcfg, self.exposures, self.seed = dcfg, exposures, seed
-        self.batch_size, self.start_step, self.flows = batch_size, start_step, flows
+        self.batch_size, self.start_step, self.flows, self.window = batch_size, start_step, flows, window
 
     def __iter__(self):
         info = get_worker_info()
@@ -334,7 +344,7 @@ class WindowStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
             cv2.setNumThreads(1)
-        maker = SampleMaker(self.dcfg, self.exposures, self.seed, flows=self.flows)
+        maker = SampleMaker(self.dcfg, self.exposures, self.seed, flows=self.flows, window=self.window)
         step = self.start_step + worker
         while True:
             for b in range(self.batch_size):
@@ -356,28 +366,32 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
 
-def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int, flows: bool = False) -> str:
+def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int, flows: bool = False,
+                   window: int = 0) -> str:
     spec = {"data": asdict(dcfg), "e": exposures, "n": size, "crop": crop, "seed": seed, "v": 1}
     if flows:
         spec["flows"] = "dis"
+        if window and window != frames_for(exposures) - 2:
+            spec["window"] = window
     text = json.dumps(spec, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def validation_set(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int = VAL_SEED_BASE,
-                   cache_dir: str | Path | None = None, flows: bool = False) -> dict:
+                   cache_dir: str | Path | None = None, flows: bool = False, window: int = 0) -> dict:
     """The fixed validation windows (stacked tensors) and the classical baseline's scores.
 
     Returns a dict with "ldr" (V, N, 3, h, w), "expo" (V, N), "gt" (V, 3, 3, h, w),
     "gt_ref" (V, 3, h, w), "classical" (V,) PSNR-μ of :class:`infer.classical.ClassicalReconstructor`
-    on the same windows, "key", and with ``flows`` the DIS flows "flows" (V, 3, C-1, 2, h, w).
+    on the same windows, "key", and with ``flows`` the DIS flows "flows" (V, 3, C-1, 2, h, w)
+    of CoarseNet windows of ``window`` frames (see :func:`coarse_flows`).
     The windows are cached as ``cache_dir/val-<key>.pt`` when given; the classical scores are not.
     """
-    key = validation_key(dcfg, exposures, size, crop, seed, flows)
+    key = validation_key(dcfg, exposures, size, crop, seed, flows, window)
     path = Path(cache_dir) / f"val-{key}.pt" if cache_dir else None
 
     def make() -> dict:
-        maker = SampleMaker(dcfg, exposures, seed, split="val", crop=crop, flows=flows)
+        maker = SampleMaker(dcfg, exposures, seed, split="val", crop=crop, flows=flows, window=window)
         return collate([maker(j) for j in range(size)])
 
     data = _cached_set(path, key, make, "validation set")
@@ -438,7 +452,7 @@ DYNAMIC_VAL_OFFSET = 500  # training validates on dynamic sequences 500+; bench/
 
 
 def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str | Path | None = None,
-                           flows: bool = False, per_sequence: int = 4) -> dict:
+                           flows: bool = False, per_sequence: int = 4, window: int = 0) -> dict:
     """Windows of the dynamic split (training.splits) as the network sees them, for validation.
 
     Whole 512x288 sequences go through the real preprocess; from each, ``per_sequence``
@@ -449,6 +463,8 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     """
     spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
             "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 2}
+    if flows and window and window != frames_for(exposures) - 2:
+        spec["window"] = window
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
 
@@ -459,7 +475,7 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
             base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames_for(exposures) + window_stride(exposures) * per_sequence,
                              exposures=exposures, pixel_format=("RGB8", "BayerRG8")[i % 2])
             cfg = split_config("dynamic", DYNAMIC_VAL_OFFSET + i, base)
-            samples += _sequence_samples(cfg, crop, per_sequence, flows)[:size - len(samples)]
+            samples += _sequence_samples(cfg, crop, per_sequence, flows, window)[:size - len(samples)]
             i += 1
         return collate(samples)
 
@@ -480,7 +496,8 @@ def window_stride(exposures: int) -> int:
     return stride
 
 
-def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> list[dict[str, torch.Tensor]]:
+def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool,
+                      window: int = 0) -> list[dict[str, torch.Tensor]]:
     """Up to ``count`` validation samples of one simulated sequence, cropped where things move."""
     from preprocess.stage import PreprocessConfig, Preprocessor
 
@@ -514,7 +531,7 @@ def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool) -> lis
                   "expo": torch.from_numpy(expo), "gt": gt_t, "gt_ref": gt_t[1].clone(),
                   "regions": torch.from_numpy(np.stack([masks[r][win] for r in REGIONS]).astype(np.uint8))}
         if dis is not None:
-            sample["flows"] = torch.from_numpy(coarse_flows(dis, L, expo))
+            sample["flows"] = torch.from_numpy(coarse_flows(dis, L, expo, window))
         out.append(sample)
     return out
 

@@ -38,11 +38,12 @@ from hdrstream.quality import mu_sq_error, pooled_psnr, psnr_mu
 from infer.net.model import HDRNet, NetConfig, WeightsError, count_parameters, load_weights, save_weights
 from training import config as config_mod
 from training.config import TrainConfig
-from training.data import WindowStream, bench, collate, dynamic_validation_set, validation_set, worker_context
+from training.data import (WindowStream, bench, centre_flows, collate, dynamic_validation_set, validation_set,
+                           worker_context)
 from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
-from training.widen import widen_state
+from training.widen import extend_window, widen_state
 
 log = logging.getLogger("training")
 
@@ -120,7 +121,8 @@ class Trainer:
                                  flow=cfg.flow, weight_prior=cfg.weight_prior,
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
                                  prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
-                                 refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue)
+                                 refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue,
+                                 coarse_window=cfg.coarse_window)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -160,7 +162,7 @@ class Trainer:
             # a network without a gate starts one that has its fresh gate
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
-                    "gate_motion_cue": self.net_cfg.gate_motion_cue}
+                    "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window}
             widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
             if widen:
                 free["width"] = self.net_cfg.width
@@ -177,6 +179,10 @@ class Trainer:
                 state = widen_state(state, self.model)
                 log.info("widened CoarseNet's weight head from width %g to %g (same output at step 0)",
                          src.cfg.width, self.net_cfg.width)
+            if src.cfg.coarse_frames != self.net_cfg.coarse_frames:
+                state = extend_window(state, self.model, src.cfg.coarse_frames)
+                log.info("CoarseNet's window extended from %d to %d frames (the new frames start at ~5 %% of "
+                         "their prior weight)", src.cfg.coarse_frames, self.net_cfg.coarse_frames)
         if stage == "coarse" and self.cfg.stage != "coarse":
             state = {k: v for k, v in state.items() if k.startswith("coarse.")}
             self.model.coarse.load_state_dict({k[len("coarse."):]: v for k, v in state.items()})
@@ -212,7 +218,7 @@ class Trainer:
     def loader(self) -> DataLoader:
         cfg = self.cfg
         stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step,
-                              flows=cfg.flow == "dis")
+                              flows=cfg.flow == "dis", window=self.net_cfg.coarse_frames)
         # not fork: OpenCV's thread pool deadlocks in a forked child once the parent used it
         return DataLoader(stream, batch_size=cfg.batch_size, num_workers=self.workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
@@ -256,7 +262,7 @@ class Trainer:
         n, k = ldr.shape[1], self.net_cfg.coarse_frames
         lo = n // 2 - k // 2
         return self.model.coarse_forward(ldr[:, lo:lo + k], expo[:, lo:lo + k],
-                                         None if flows is None else flows[:, 1])
+                                         None if flows is None else centre_flows(flows))
 
     def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The classical merge (B, 3, H, W) of each window, its confidence and the neighbours'
@@ -305,11 +311,12 @@ class Trainer:
         if self.val_data is None:
             cfg = self.cfg
             flows = cfg.flow == "dis"
+            window = self.net_cfg.coarse_frames
             self.val_data = {"static": validation_set(cfg.data, cfg.exposures, cfg.val_size, cfg.val_crop,
-                                                      cfg.val_seed, cfg.cache_dir, flows=flows)}
+                                                      cfg.val_seed, cfg.cache_dir, flows=flows, window=window)}
             if cfg.val_dynamic > 0:
                 self.val_data["dynamic"] = dynamic_validation_set(cfg.exposures, cfg.val_dynamic, cfg.val_crop,
-                                                                  cfg.cache_dir, flows=flows)
+                                                                  cfg.cache_dir, flows=flows, window=window)
         return self.val_data
 
     @torch.no_grad()
@@ -334,7 +341,7 @@ class Trainer:
                 k = self.net_cfg.coarse_frames
                 with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                                     enabled=self.amp_dtype is not None):
-                    flows = batch["flows"][:, 1] if "flows" in batch else None
+                    flows = centre_flows(batch["flows"]) if "flows" in batch else None
                     coarse = self.model.coarse_forward(batch["ldr"][:, c - k // 2:c + k // 2 + 1],
                                                        batch["expo"][:, c - k // 2:c + k // 2 + 1], flows).float()
                 hdr = None

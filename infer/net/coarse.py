@@ -32,16 +32,21 @@ class CoarseNet(nn.Module):
         prior_per_channel: the prior rolls each frame's weight off per colour channel, so a
             pixel with one clipped channel keeps its other two (as the classical merge's
             per-channel mask does for the reference), rather than by its brightest channel.
+        frames: frames of the window; None: the paper's 2·exposures − 1 (a wider window needs
+            external flows: the flow network is built for the paper's).
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
     def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True,
-                 weight_prior: bool = False, prior_per_channel: bool = False) -> None:
+                 weight_prior: bool = False, prior_per_channel: bool = False, frames: int | None = None) -> None:
         super().__init__()
         self.prior_per_channel = prior_per_channel
         self.exposures = exposures
-        self.frames = 2 * exposures - 1
+        self.frames = frames or 2 * exposures - 1
+        if learned_flow and self.frames != 2 * exposures - 1:
+            raise ValueError(f"CoarseNet: the flow network takes windows of {2 * exposures - 1} frames, "
+                             f"not {self.frames}; pass flows (learned_flow=False)")
         self.flow = SpyFlowNet(exposures, width) if learned_flow else None
         self.weight = WeightNet(2 * self.frames - 1, width, prior=weight_prior)
 

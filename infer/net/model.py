@@ -72,6 +72,12 @@ class NetConfig:
             (infer/weights/README.md).
         gate_motion_cue: the gate also sees the neighbours' agreement with the reference on
             its own (``infer.net.gate``); False in weights written before it existed.
+        coarse_window: frames of one CoarseNet window; 0 is the paper's 2·exposures − 1 (3 or
+            5). Five for two exposures lets CoarseNet see the reference's own exposure on
+            both sides, as the classical merge does: a short reference then has three short
+            frames where the long ones clip or move. It fills the preprocess window (5
+            frames), so it leaves no room for RefineNet's windows around i ± 1: only with
+            ``refine`` False and DIS flows (the learned flow network has a fixed window).
     """
 
     exposures: int = 2
@@ -86,6 +92,7 @@ class NetConfig:
     classical_gate: bool = False
     refine: bool = True
     gate_motion_cue: bool = False
+    coarse_window: int = 0
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -96,16 +103,27 @@ class NetConfig:
             raise ValueError(f"width must be positive, got {self.width}")
         if self.deform_groups < 1:
             raise ValueError(f"deform_groups must be ≥ 1, got {self.deform_groups}")
+        paper = 2 * self.exposures - 1
+        if self.coarse_window not in (0, paper) and (self.coarse_window != 2 * self.exposures + 1
+                                                      or self.refine or self.flow != "dis"):
+            raise ValueError(f"coarse_window must be 0, {paper} or, without RefineNet (refine=False) and with "
+                             f"flow='dis', {2 * self.exposures + 1}; got {self.coarse_window}")
 
     @property
     def frames(self) -> int:
-        """Input frames of one output frame: 5 (frames i-2..i+2) or 7."""
+        """Input frames of one output frame with RefineNet: 5 (frames i-2..i+2) or 7; with a
+        wider CoarseNet window, the preprocess window's (2·exposures + 1) all the same."""
         return 2 * self.exposures + 1
 
     @property
     def coarse_frames(self) -> int:
-        """Frames of one CoarseNet window: 3 or 5."""
-        return 2 * self.exposures - 1
+        """Frames of one CoarseNet window: 3 or 5 (``coarse_window``: 5 or 7)."""
+        return self.coarse_window or 2 * self.exposures - 1
+
+    @property
+    def refine_fits(self) -> bool:
+        """Whether RefineNet's three CoarseNet windows (around i - 1, i, i + 1) fit in ``frames``."""
+        return self.coarse_frames + 2 <= self.frames
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -138,7 +156,8 @@ class HDRNet(nn.Module):
         super().__init__()
         self.cfg = cfg = cfg or NetConfig()
         self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
-                                weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel)
+                                weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel,
+                                frames=cfg.coarse_frames)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None
@@ -230,6 +249,9 @@ class HDRNet(nn.Module):
             i-1, i, i+1, "refine": (B, 3, H, W) H_i^r, "mask": (B, 3, H, W) M}.
         """
         self._check_window(ldr, expo, self.cfg.frames, "HDRNet")
+        if not self.cfg.refine_fits:
+            raise ValueError(f"HDRNet: a CoarseNet window of {self.cfg.coarse_frames} frames leaves no room for "
+                             f"RefineNet in a window of {self.cfg.frames}; run coarse_forward on the reference's window")
         b, n, _, h, w = ldr.shape
         i, half = n // 2, self.cfg.coarse_frames // 2
         centres = (i - 1, i, i + 1)
