@@ -249,7 +249,7 @@ def test_a_dead_dispatcher_thread_says_why_and_takes_no_more_work(monkeypatch):
     d = Dispatcher("@tcp://127.0.0.1:*", ">" + rx.endpoint, DispatchConfig(**FAST), on_failure=died.append)
     try:
         deadline = time.monotonic() + 5
-        while d.failure is None and time.monotonic() < deadline:
+        while not died and time.monotonic() < deadline:  # the thread sets .failure, then calls back
             time.sleep(0.02)
         assert d.failure is not None and "KeyError" in d.failure and died == [d.failure]
         assert d.send(window(0), timeout_s=0.5) is False
