@@ -371,10 +371,15 @@ def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed:
     spec = {"data": asdict(dcfg), "e": exposures, "n": size, "crop": crop, "seed": seed, "v": 1}
     if flows:
         spec["flows"] = "dis"
-        if window and window != frames_for(exposures) - 2:
-            spec["window"] = window
+    spec.update(_window_spec(exposures, flows, window))
     text = json.dumps(spec, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _window_spec(exposures: int, flows: bool, window: int) -> dict[str, int]:
+    """A validation cache key's entry for flows of a CoarseNet window other than the paper's
+    (none for the paper's, so that the caches made before ``window`` existed keep their keys)."""
+    return {"window": window} if flows and window and window != frames_for(exposures) - 2 else {}
 
 
 def validation_set(dcfg: DataConfig, exposures: int, size: int, crop: int, seed: int = VAL_SEED_BASE,
@@ -462,18 +467,17 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     error and value count in each (see :func:`classical_region_scores`).
     """
     spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
-            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 2}
-    if flows and window and window != frames_for(exposures) - 2:
-        spec["window"] = window
+            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 2, **_window_spec(exposures, flows, window)}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
 
     def make() -> dict:
         samples: list[dict[str, torch.Tensor]] = []
+        frames = frames_for(exposures) + window_stride(exposures) * per_sequence
         i = 0
         while len(samples) < size:
-            base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames_for(exposures) + window_stride(exposures) * per_sequence,
-                             exposures=exposures, pixel_format=("RGB8", "BayerRG8")[i % 2])
+            base = SimConfig(width=SPLIT_WIDTH, height=SPLIT_HEIGHT, frames=frames, exposures=exposures,
+                             pixel_format=("RGB8", "BayerRG8")[i % 2])
             cfg = split_config("dynamic", DYNAMIC_VAL_OFFSET + i, base)
             samples += _sequence_samples(cfg, crop, per_sequence, flows, window)[:size - len(samples)]
             i += 1

@@ -86,7 +86,6 @@ def _out_channels(weight: Tensor, layer: nn.Module) -> int:
     return weight.shape[1] if isinstance(layer, nn.ConvTranspose2d) else weight.shape[0]
 
 
-
 def extend_window(state: dict[str, Tensor], wide: HDRNet, frames: int) -> dict[str, Tensor]:
     """A state dict for ``wide`` from one whose CoarseNet took windows of ``frames`` frames.
 
