@@ -582,3 +582,44 @@ def test_a_wider_coarsenet_window_starts_from_the_narrow_network_and_trains(tmp_
     for bad in (dict(coarse_window=4), dict(coarse_window=5, refine=True), dict(coarse_window=5, flow="learned")):
         with pytest.raises(ValueError, match="coarse_window"):
             NetConfig(**{**cfg.__dict__, **bad})
+
+
+def test_motion_edges_start_silent_from_weights_without_them_then_train(tmp_path):
+    """NetConfig.motion_edges: the cue is ~0 where a flow is smooth (a rotation) and high where
+    it breaks; --init from weights without it gives the same output at step 0, training wakes
+    the new inputs, and the exported weights run in the reconstructor."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from infer.net.ops import motion_edges
+    from infer.netrecon import NetReconstructor
+
+    yy, xx = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="ij")
+    rotation = torch.stack((-(yy - 16) * 0.05, (xx - 16) * 0.05))[None, None]  # ~3° a frame
+    step = torch.zeros(1, 1, 2, 32, 32)
+    step[..., 0, :, 16:] = 12.0  # an object moving 12 px over a still background
+    assert motion_edges(rotation).max() < 0.1
+    edges = motion_edges(step)[0, 0]
+    assert edges[:, 15:17].min() > 0.8 and edges[:, :14].max() == 0 and edges[:, 18:].max() == 0
+
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", prior_per_channel=True, classical_gate=True, refine=False)
+    src = save_weights(HDRNet(cfg), tmp_path / "plain.safetensors", {"stage": "e2e"})
+    run = dict(stage="e2e", flow="dis", classical_gate=True, refine=False, init=str(src), lr=1e-2, val_size=2)
+    plain = Trainer(tiny_cfg(tmp_path / "a", **run))
+    cued = Trainer(tiny_cfg(tmp_path / "b", **run, motion_edges=True))
+    enc1 = cued.model.coarse.weight.enc1
+    assert enc1.weight.shape[1] == plain.model.coarse.weight.enc1.weight.shape[1] + 2
+    batch = cued.to_device(fixed_batch(flows=True))
+    plain.model.eval(), cued.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(cued.forward(batch)["hdr"], plain.forward(batch)["hdr"])
+    assert torch.count_nonzero(enc1.weight[:, -2:]) == 0
+    for _ in range(3):
+        cued.train_step(fixed_batch(flows=True))
+    assert torch.count_nonzero(enc1.weight[:, -2:]) > 0
+    cued.export(tmp_path / "cued.safetensors", 1.0, None)
+    assert load_weights(tmp_path / "cued.safetensors").cfg.motion_edges
+    rec = NetReconstructor(weights={2: tmp_path / "cued.safetensors"})
+    b = fixed_batch(size=1)
+    frames = np.ascontiguousarray(b["ldr"][0].permute(0, 2, 3, 1).numpy())
+    hdr = rec.reconstruct(frames, b["expo"][0].tolist(), 2)
+    assert hdr.shape == (CROP, CROP, 3) and np.isfinite(hdr).all()

@@ -138,6 +138,7 @@ class TrainConfig:
     refine: bool = True
     gate_motion_cue: bool = False  # NetConfig.gate_motion_cue: the gate also sees the neighbours' agreement alone
     coarse_window: int = 0  # NetConfig.coarse_window: 5 for two exposures (refine = false, flow = dis)
+    motion_edges: bool = False  # NetConfig.motion_edges: CoarseNet's weights also see where the flows break
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise

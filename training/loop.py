@@ -43,7 +43,7 @@ from training.data import (WindowStream, bench, centre_flows, collate, dynamic_v
 from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
-from training.widen import extend_window, widen_state
+from training.widen import add_edge_inputs, extend_window, widen_state
 
 log = logging.getLogger("training")
 
@@ -122,7 +122,7 @@ class Trainer:
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
                                  prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
                                  refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue,
-                                 coarse_window=cfg.coarse_window)
+                                 coarse_window=cfg.coarse_window, motion_edges=cfg.motion_edges)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -162,7 +162,8 @@ class Trainer:
             # a network without a gate starts one that has its fresh gate
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
-                    "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window}
+                    "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window,
+                    "motion_edges": self.net_cfg.motion_edges}
             widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
             if widen:
                 free["width"] = self.net_cfg.width
@@ -175,6 +176,9 @@ class Trainer:
                 # the motion cue's input channel starts with zero weights: the same gate at first
                 w = state["gate.conv1.weight"]
                 state["gate.conv1.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 1, *w.shape[2:])), dim=1)
+            if self.net_cfg.motion_edges and not src.cfg.motion_edges:
+                state = add_edge_inputs(state, src.cfg.coarse_frames - 1)
+                log.info("CoarseNet's weights see the flows' motion edges (new inputs, zero weights at first)")
             if widen:
                 state = widen_state(state, self.model)
                 log.info("widened CoarseNet's weight head from width %g to %g (same output at step 0)",

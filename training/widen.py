@@ -101,6 +101,9 @@ def extend_window(state: dict[str, Tensor], wide: HDRNet, frames: int) -> dict[s
     new = wide.cfg.coarse_frames
     if new <= frames or (new - frames) % 2:
         raise ValueError(f"extend_window: from {frames} to {new} frames is not a wider window")
+    if state["coarse.weight.enc1.weight"].shape[1] != 6 * (2 * frames - 1):
+        raise ValueError("extend_window: these weights read more than their images (motion edges); "
+                         "widening such a window is not supported yet")
     half_o, half_n = frames // 2, new // 2
     offsets_o = [d for d in range(-half_o, half_o + 1) if d]
     offsets_n = [d for d in range(-half_n, half_n + 1) if d]
@@ -118,4 +121,15 @@ def extend_window(state: dict[str, Tensor], wide: HDRNet, frames: int) -> dict[s
     for k, v in out.items():
         if k in ref and ref[k].shape != v.shape:
             raise ValueError(f"extend_window: {k} is {tuple(v.shape)}, the wider network's {tuple(ref[k].shape)}")
+    return out
+
+
+def add_edge_inputs(state: dict[str, Tensor], neighbours: int) -> dict[str, Tensor]:
+    """A state dict whose CoarseNet weight head also reads ``neighbours`` motion-edge channels
+    (``NetConfig.motion_edges``), from one that did not: their input weights start at zero,
+    so the output is unchanged at step 0 and the new inputs learn from the first step."""
+    key = "coarse.weight.enc1.weight"
+    w = state[key]
+    out = dict(state)
+    out[key] = torch.cat((w, w.new_zeros(w.shape[0], neighbours, *w.shape[2:])), dim=1)
     return out

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import SAT_END, check_shape, ldr_to_hdr, merge_prior
+from infer.net.ops import SAT_END, check_shape, ldr_to_hdr, merge_prior, motion_edges
 from infer.net.weights import WeightNet
 
 
@@ -34,12 +34,15 @@ class CoarseNet(nn.Module):
             per-channel mask does for the reference), rather than by its brightest channel.
         frames: frames of the window; None: the paper's 2·exposures − 1 (a wider window needs
             external flows: the flow network is built for the paper's).
+        motion_edges: the weight network also sees where each neighbour's flow breaks
+            (``ops.motion_edges``, one channel a neighbour), a noise-free cue to occlusion.
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
     def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True,
-                 weight_prior: bool = False, prior_per_channel: bool = False, frames: int | None = None) -> None:
+                 weight_prior: bool = False, prior_per_channel: bool = False, frames: int | None = None,
+                 motion_edges: bool = False) -> None:
         super().__init__()
         self.prior_per_channel = prior_per_channel
         self.exposures = exposures
@@ -48,7 +51,9 @@ class CoarseNet(nn.Module):
             raise ValueError(f"CoarseNet: the flow network takes windows of {2 * exposures - 1} frames, "
                              f"not {self.frames}; pass flows (learned_flow=False)")
         self.flow = SpyFlowNet(exposures, width) if learned_flow else None
-        self.weight = WeightNet(2 * self.frames - 1, width, prior=weight_prior)
+        self.edge_cue = motion_edges
+        self.weight = WeightNet(2 * self.frames - 1, width, prior=weight_prior,
+                                cues=self.frames - 1 if motion_edges else 0)
 
     def forward(
         self, ldr: Tensor, expo: Tensor, flows: Tensor | None = None, return_aux: bool = False
@@ -83,6 +88,8 @@ class CoarseNet(nn.Module):
         t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
         hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
         x = torch.cat((hdrs, images.clamp(0.0, 1.0)), dim=2).flatten(1, 2)  # (b, 6(2n-1), H, W)
+        if self.edge_cue:
+            x = torch.cat((x, motion_edges(flows).to(x.dtype)), dim=1)  # + (b, n-1, H, W)
         prior = merge_prior(images, t, per_channel=self.prior_per_channel) if self.weight.prior else None
         hdr, weights = self.weight(x, hdrs, prior)
         if self.weight.prior:  # a clipped centre bounds the radiance from below (as the classical merge)

@@ -78,6 +78,11 @@ class NetConfig:
             frames where the long ones clip or move. It fills the preprocess window (5
             frames), so it leaves no room for RefineNet's windows around i ± 1: only with
             ``refine`` False and DIS flows (the learned flow network has a fixed window).
+        motion_edges: CoarseNet's weight head also sees where each neighbour's flow breaks
+            (``ops.motion_edges``): on the dynamic validation split most of the network's
+            remaining error sits in a band of a few pixels around moving objects, where a
+            short reference's noise hides the warped neighbours' misalignment from the
+            weights. False in weights written before it existed.
     """
 
     exposures: int = 2
@@ -93,6 +98,7 @@ class NetConfig:
     refine: bool = True
     gate_motion_cue: bool = False
     coarse_window: int = 0
+    motion_edges: bool = False
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -157,7 +163,7 @@ class HDRNet(nn.Module):
         self.cfg = cfg = cfg or NetConfig()
         self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
                                 weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel,
-                                frames=cfg.coarse_frames)
+                                frames=cfg.coarse_frames, motion_edges=cfg.motion_edges)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None

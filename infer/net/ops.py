@@ -120,6 +120,26 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_
         return prior.mul_(agree.add_(fallback)).add_(fallback / t**4)  # all clipped: the shortest wins
 
 
+def motion_edges(flows: Tensor) -> Tensor:
+    """Where each flow field breaks: |∂f/∂x| + |∂f/∂y| (both components, central differences),
+    squashed to [0, 1) by g / (1 + g). ~0 inside a smoothly moving or rotating surface, toward
+    1 at a moving object's boundary, where a neighbour occludes or reveals what the reference
+    sees. Unlike the warped-versus-reference difference it carries no sensor noise, so it
+    still marks the boundary where a short reference's noise hides a misalignment.
+
+    Args:
+        flows: (b, k, 2, H, W) displacements in pixels.
+
+    Returns:
+        (b, k, H, W).
+    """
+    f = F.pad(flows.flatten(0, 1), (1, 1, 1, 1), mode="replicate")  # (bk, 2, H+2, W+2)
+    gx = (f[..., 1:-1, 2:] - f[..., 1:-1, :-2]).abs()
+    gy = (f[..., 2:, 1:-1] - f[..., :-2, 1:-1]).abs()
+    g = 0.5 * (gx + gy).sum(dim=1)  # (bk, H, W)
+    return (g / (1.0 + g)).view(flows.shape[0], flows.shape[1], *g.shape[-2:])
+
+
 def low_ramp(ldr: Tensor) -> Tensor:
     """1 for L ≥ 0.15, (L/0.15)² below (paper eq. 5)."""
     return (ldr / LOW).clamp(0.0, 1.0).square()

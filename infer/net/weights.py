@@ -56,15 +56,17 @@ class WeightNet(nn.Module):
     Args:
         images: number of images blended (5 for two exposures, 9 for three).
         width: channel multiplier.
+        cues: extra input channels after the images' (e.g. CoarseNet's motion edges).
     """
 
     multiple = 8
 
-    def __init__(self, images: int = 5, width: float = 1.0, prior: bool = False) -> None:
+    def __init__(self, images: int = 5, width: float = 1.0, prior: bool = False, cues: int = 0) -> None:
         super().__init__()
         self.images = images
         self.prior = prior
-        c_in, c_out = 6 * images, 3 * images
+        self.cues = cues
+        c_in, c_out = 6 * images + cues, 3 * images
         c1, c2, c3 = scaled(64, width), scaled(128, width), scaled(256, width)
         c0 = scaled(32, width)
         # encoder: feat_l1 at 1/1, feat_l2 at 1/2, feat_l3 at 1/4, bottleneck at 1/8
@@ -91,7 +93,8 @@ class WeightNet(nn.Module):
         """Predict weights and blend.
 
         Args:
-            x: (b, 6·n, H, W) per image [linear HDR, LDR], images in ``hdrs`` order.
+            x: (b, 6·n + cues, H, W) per image [linear HDR, LDR], images in ``hdrs`` order,
+                then the cue channels.
             hdrs: (b, n, 3, H, W) linear HDRs to blend.
             prior: (b, n, 1 or 3, H, W) prior weights; required when built with ``prior``.
 
