@@ -28,6 +28,7 @@ import torch
 from infer.net.refine import RefineFeatures
 from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.method import PRECISIONS, check_window
+from infer.net.noise import from_y, to_y
 from infer.window_flows import WindowFlows
 
 log = logging.getLogger(__name__)
@@ -282,7 +283,22 @@ class NetReconstructor:
         merged, conf, agree, noise = self.classical.reconstruct_with_cues(frames, exposures, ref)
         if net.gate is not None and self.name != "coarse":
             hdr = self._gate(net, frames, ref, hdr, merged, conf, agree, np.float32(min(exposures)))
-        return self.classical.denoise(hdr, float(exposures[ref]), noise) if self.denoise else hdr
+        if not self.denoise:
+            return hdr
+        filtered = self.classical.denoise(hdr, float(exposures[ref]), noise)
+        if net.noise is None or self.name == "coarse" or noise is None or filtered is hdr:
+            return filtered
+        return self._learned_denoise(net, hdr, filtered, float(exposures[ref]), noise)
+
+    def _learned_denoise(self, net, hdr: np.ndarray, filtered: np.ndarray, t_ref: float,
+                         noise: float | np.ndarray) -> np.ndarray:
+        """``NetConfig.learned_denoise``: the bilateral filter's output corrected by the network's
+        NoiseNet, given the unfiltered HDR and the noise it keeps (y units, scalar or (H, W))."""
+        t = torch.tensor([t_ref], dtype=torch.float32, device=self.device)
+        sigma = np.array(np.broadcast_to(np.asarray(noise, np.float32), hdr.shape[:2]))
+        args = [to_y(self._tensor(a)[None], t) for a in (filtered, hdr)]
+        y = net.noise(*args, torch.from_numpy(sigma)[None, None].to(self.device))
+        return from_y(y, t)[0].permute(1, 2, 0).float().cpu().numpy()
 
     def _gate(self, net, frames: np.ndarray, ref: int, hdr: np.ndarray, merged: np.ndarray, conf: np.ndarray,
               agree: np.ndarray, t_min: np.float32) -> np.ndarray:

@@ -623,3 +623,40 @@ def test_motion_edges_start_silent_from_weights_without_them_then_train(tmp_path
     frames = np.ascontiguousarray(b["ldr"][0].permute(0, 2, 3, 1).numpy())
     hdr = rec.reconstruct(frames, b["expo"][0].tolist(), 2)
     assert hdr.shape == (CROP, CROP, 3) and np.isfinite(hdr).all()
+
+
+def test_the_learned_noise_filter_starts_as_the_bilateral_one_and_trains_alone(tmp_path):
+    """NetConfig.learned_denoise: from weights without it, `net` gives exactly what it gave
+    (the bilateral filter; the correction starts at zero); the denoise stage then trains the
+    correction and nothing else, and the reconstructor runs it (unfiltered with --no-denoise)."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from infer.netrecon import NetReconstructor
+
+    torch.manual_seed(0)
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", prior_per_channel=True, classical_gate=True, refine=False)
+    src = save_weights(HDRNet(cfg), tmp_path / "plain.safetensors", {"stage": "e2e"})
+    run = dict(flow="dis", classical_gate=True, refine=False, init=str(src), lr=1e-2, learned_denoise=True)
+    trainer = Trainer(tiny_cfg(tmp_path / "d", stage="denoise", **run))
+    trainer.export(tmp_path / "start.safetensors", 0.0, None)
+    b = fixed_batch(size=1)
+    frames = np.ascontiguousarray(b["ldr"][0].permute(0, 2, 3, 1).numpy())
+    expo = b["expo"][0].tolist()
+    outputs = {name: NetReconstructor(weights={2: tmp_path / f"{name}.safetensors"}).reconstruct(frames, expo, 2)
+               for name in ("plain", "start")}
+    np.testing.assert_allclose(outputs["start"], outputs["plain"], rtol=1e-5, atol=1e-7)
+
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    losses = [trainer.train_step(fixed_batch(flows=True))[0] for _ in range(3)]
+    assert all(np.isfinite(losses))
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("noise.") for k in changed)
+    trainer.export(tmp_path / "trained.safetensors", 1.0, None)
+    rec = NetReconstructor(weights={2: tmp_path / "trained.safetensors"})
+    trained = rec.reconstruct(frames, expo, 2)
+    assert trained.shape == outputs["plain"].shape and np.isfinite(trained).all()
+    assert np.abs(trained - outputs["plain"]).max() > 0
+    raw = NetReconstructor(weights={2: tmp_path / "trained.safetensors"}, denoise=False).reconstruct(frames, expo, 2)
+    np.testing.assert_array_equal(raw, NetReconstructor(weights={2: src}, denoise=False).reconstruct(frames, expo, 2))
+    with pytest.raises(ValueError, match="learned_denoise"):
+        tiny_cfg(tmp_path / "x", stage="denoise", flow="dis")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("coarse", "refine", "e2e", "gate")
+STAGES = ("coarse", "refine", "e2e", "gate", "denoise")
 VAL_SEED_BASE = 10_000_000  # validation worlds use seeds >= this; training worlds never do
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -139,6 +139,9 @@ class TrainConfig:
     gate_motion_cue: bool = False  # NetConfig.gate_motion_cue: the gate also sees the neighbours' agreement alone
     coarse_window: int = 0  # NetConfig.coarse_window: 5 for two exposures (refine = false, flow = dis)
     motion_edges: bool = False  # NetConfig.motion_edges: CoarseNet's weights also see where the flows break
+    # NetConfig.learned_denoise: a learned correction of the final noise filter; the denoise
+    # stage trains it alone (the rest frozen), e2e trains it with CoarseNet and the gate
+    learned_denoise: bool = False
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise
@@ -177,6 +180,8 @@ class TrainConfig:
             raise ValueError(f"refine = false trains the network without RefineNet: use stage e2e or gate, not {self.stage}")
         if self.stage == "gate" and not self.classical_gate:
             raise ValueError("the gate stage trains the classical gate: set classical_gate = true")
+        if self.stage == "denoise" and not self.learned_denoise:
+            raise ValueError("the denoise stage trains the learned noise filter: set learned_denoise = true")
         if self.exposures not in (2, 3):
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not 0.0 <= self.ema < 1.0:

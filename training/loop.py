@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader
 
 from hdrstream.quality import mu_sq_error, pooled_psnr, psnr_mu
 from infer.net.model import HDRNet, NetConfig, WeightsError, count_parameters, load_weights, save_weights
+from infer.net.noise import from_y, to_y
 from training import config as config_mod
 from training.config import TrainConfig
 from training.data import (WindowStream, bench, centre_flows, collate, dynamic_validation_set, validation_set,
@@ -122,7 +123,8 @@ class Trainer:
                                  refine_residual=cfg.refine_residual, mask_blend=cfg.mask_blend,
                                  prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
                                  refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue,
-                                 coarse_window=cfg.coarse_window, motion_edges=cfg.motion_edges)
+                                 coarse_window=cfg.coarse_window, motion_edges=cfg.motion_edges,
+                                 learned_denoise=cfg.learned_denoise)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -163,7 +165,7 @@ class Trainer:
             free = {"mask_blend": self.net_cfg.mask_blend, "prior_per_channel": self.net_cfg.prior_per_channel,
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
                     "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window,
-                    "motion_edges": self.net_cfg.motion_edges}
+                    "motion_edges": self.net_cfg.motion_edges, "learned_denoise": self.net_cfg.learned_denoise}
             widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
             if widen:
                 free["width"] = self.net_cfg.width
@@ -176,6 +178,8 @@ class Trainer:
                 # the motion cue's input channel starts with zero weights: the same gate at first
                 w = state["gate.conv1.weight"]
                 state["gate.conv1.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 1, *w.shape[2:])), dim=1)
+            if self.model.noise is not None and src.noise is None:  # a fresh filter: the bilateral at first
+                state.update({f"noise.{k}": v for k, v in self.model.noise.state_dict().items()})
             if self.net_cfg.motion_edges and not src.cfg.motion_edges:
                 state = add_edge_inputs(state, src.cfg.coarse_frames - 1)
                 log.info("CoarseNet's weights see the flows' motion edges (new inputs, zero weights at first)")
@@ -198,9 +202,9 @@ class Trainer:
     def _stage_parameters(self) -> list[torch.nn.Parameter]:
         stage, m = self.cfg.stage, self.model
         m.requires_grad_(True)
-        if stage == "gate":
+        if stage in ("gate", "denoise"):
             m.requires_grad_(False)
-            m.gate.requires_grad_(True)
+            (m.gate if stage == "gate" else m.noise).requires_grad_(True)
         elif stage == "coarse":
             m.refine.requires_grad_(False)
         elif stage == "refine":
@@ -211,9 +215,9 @@ class Trainer:
 
     def _train_mode(self) -> None:
         self.model.train()
-        if self.cfg.stage == "gate":
+        if self.cfg.stage in ("gate", "denoise"):
             self.model.eval()
-            self.model.gate.train()
+            (self.model.gate if self.cfg.stage == "gate" else self.model.noise).train()
         elif self.cfg.stage == "refine":
             self.model.coarse.eval()
         elif self.cfg.stage == "coarse":
@@ -246,20 +250,35 @@ class Trainer:
                 coarse = self.model.coarse_forward(windows, wexpo, wflows).view(3, b, 3, h, w).transpose(0, 1)
                 out = {"coarse": coarse}
             elif not self.net_cfg.refine:  # what `net` runs: CoarseNet on the reference's window
-                with torch.set_grad_enabled(stage != "gate" and torch.is_grad_enabled()):
+                with torch.set_grad_enabled(stage not in ("gate", "denoise") and torch.is_grad_enabled()):
                     hdr = self._centre_coarse(ldr, expo, flows)
                 out = {"coarse": hdr[:, None], "hdr": hdr}
-            elif stage == "gate":  # the network is frozen: no graph through it
+            elif stage in ("gate", "denoise"):  # the network is frozen: no graph through it
                 with torch.no_grad():
                     out = self.model(ldr, expo, flows)
             else:
                 out = self.model(ldr, expo, flows)
         out = {k: v.float() for k, v in out.items()}
-        if self.model.gate is not None and stage != "coarse":
-            merged, conf, agree = self.classical_inputs(ldr, expo)
+        if stage == "coarse" or (self.model.gate is None and self.model.noise is None):
+            return out
+        merged, conf, agree, sigma = self.classical_inputs(ldr, expo)
+        if self.model.gate is not None:
             cue = (agree,) if self.model.gate.motion_cue else ()
-            out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2], *cue)
+            with torch.set_grad_enabled(stage != "denoise" and torch.is_grad_enabled()):
+                out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2], *cue)
+        if self.model.noise is not None:
+            out["hdr"] = self._learned_denoise(out["hdr"], expo[:, expo.shape[1] // 2].float(), sigma)
         return out
+
+    def _learned_denoise(self, hdr: torch.Tensor, t_ref: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The final HDR through the noise filter as ``net`` runs it: the classical merge's
+        bilateral filter (no gradient: it has no weights), then the learned correction."""
+        filtered = []
+        for h, t, s in zip(hdr.detach().cpu().numpy(), t_ref.cpu().tolist(), sigma.cpu().numpy()):
+            f = self._classical.denoise(np.ascontiguousarray(h.transpose(1, 2, 0)), t, s[0] if s.any() else None)
+            filtered.append(torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))))
+        y = self.model.noise(to_y(torch.stack(filtered).to(hdr.device), t_ref), to_y(hdr, t_ref), sigma)
+        return from_y(y, t_ref)
 
     def _centre_coarse(self, ldr: torch.Tensor, expo: torch.Tensor, flows: torch.Tensor | None) -> torch.Tensor:
         """CoarseNet's HDR of the reference's own window (B, 3, H, W)."""
@@ -268,21 +287,25 @@ class Trainer:
         return self.model.coarse_forward(ldr[:, lo:lo + k], expo[:, lo:lo + k],
                                          None if flows is None else centre_flows(flows))
 
-    def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The classical merge (B, 3, H, W) of each window, its confidence and the neighbours'
-        agreement (B, 1, H, W), in the network's units, on the batch's device: the gate's inputs."""
+    def classical_inputs(self, ldr: torch.Tensor, expo: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The classical merge (B, 3, H, W) of each window, its confidence, the neighbours'
+        agreement and the noise it keeps (B, 1, H, W; y units, 0 where it cannot tell), in the
+        network's units, on the batch's device: the gate's and the noise filter's inputs."""
         from infer.classical import ClassicalReconstructor
 
         if self._classical is None:
             self._classical = ClassicalReconstructor()
         c = ldr.shape[1] // 2
-        merged, conf, agree = [], [], []
+        merged, conf, agree, noise = [], [], [], []
         for frames, e in zip(ldr.float().cpu().numpy(), expo.float().cpu().tolist()):
-            H, k, a, _ = self._classical.reconstruct_with_cues(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
+            H, k, a, s = self._classical.reconstruct_with_cues(np.ascontiguousarray(frames.transpose(0, 2, 3, 1)), e, c)
             merged.append(torch.from_numpy(H.transpose(2, 0, 1).copy()))
             conf.append(torch.from_numpy(k[None].copy()))
             agree.append(torch.from_numpy(a[None].copy()))
-        return tuple(torch.stack(x).to(ldr.device) for x in (merged, conf, agree))  # type: ignore[return-value]
+            sigma = np.zeros(k.shape, np.float32) if s is None else np.broadcast_to(np.float32(s), k.shape)
+            noise.append(torch.from_numpy(np.array(sigma, np.float32)[None]))
+        return tuple(torch.stack(x).to(ldr.device) for x in (merged, conf, agree, noise))  # type: ignore[return-value]
 
     def to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

@@ -189,15 +189,15 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
 
     Args:
         stage: "coarse" (``out`` needs "coarse"), "refine" or "e2e" (need "hdr", "mask",
-            and for e2e "coarse"), "gate" (needs "hdr", the gated final HDR). With a gate
+            and for e2e "coarse"), "gate" or "denoise" (need "hdr", the final HDR). With a gate
             ("gate" in ``out``) the final HDR's L1 counts every pixel.
         out: network outputs. batch: a batch with "gt" (B, 3, 3, H, W) and "gt_ref".
         lcfg: :class:`training.config.LossConfig`.
     """
     terms: dict[str, Tensor] = {}
     w = motion_weights(batch["gt"], lcfg.motion_weight) if "gt" in batch else None
-    if stage == "gate":  # the gated final HDR, every pixel counts (the gate also acts where M = 1)
-        terms["gate"] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
+    if stage in ("gate", "denoise"):  # the final HDR, every pixel counts (the gate also acts where M = 1)
+        terms[stage] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
         # without RefineNet only the reference's window runs: "coarse" is (B, 1, 3, H, W)
         gt = batch["gt"] if out["coarse"].shape[1] == batch["gt"].shape[1] else batch["gt"][:, 1:2]
@@ -212,10 +212,10 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
             terms["perceptual"] = lcfg.perceptual_weight * perceptual(
                 out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
-    if stage in ("gate", "refine", "e2e") and lcfg.hue > 0 and "ldr" in batch:
+    if stage in ("gate", "denoise", "refine", "e2e") and lcfg.hue > 0 and "ldr" in batch:
         n = batch["ldr"].shape[1]
         terms["hue"] = lcfg.hue * hue_l1(out["hdr"], batch["gt_ref"], batch["ldr"][:, n // 2])
-    if stage in ("gate", "refine", "e2e") and lcfg.linear > 0:
+    if stage in ("gate", "denoise", "refine", "e2e") and lcfg.linear > 0:
         terms["linear"] = lcfg.linear * linear_l1(out["hdr"], batch["gt_ref"])
     if not terms:
         raise ValueError(f"stage {stage!r} has no loss term with a positive weight")

@@ -28,6 +28,7 @@ from torch import Tensor
 from hdrstream.hdrio import atomic_write
 from infer.net.coarse import CoarseNet
 from infer.net.gate import ClassicalGate
+from infer.net.noise import NoiseNet
 from infer.net.ops import check_multiple, check_shape, well_exposed_mask
 from infer.net.refine import RefineFeatures, RefineNet
 
@@ -83,6 +84,9 @@ class NetConfig:
             remaining error sits in a band of a few pixels around moving objects, where a
             short reference's noise hides the warped neighbours' misalignment from the
             weights. False in weights written before it existed.
+        learned_denoise: the noise filter that ends the ``net`` method (``infer.denoise``, a
+            bilateral filter) is followed by a learned correction of its output
+            (``infer.net.noise``); False: the bilateral filter alone, as the classical merge.
     """
 
     exposures: int = 2
@@ -99,6 +103,7 @@ class NetConfig:
     gate_motion_cue: bool = False
     coarse_window: int = 0
     motion_edges: bool = False
+    learned_denoise: bool = False
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -167,6 +172,7 @@ class HDRNet(nn.Module):
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None
+        self.noise = NoiseNet(cfg.width) if cfg.learned_denoise else None
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------
