@@ -142,6 +142,7 @@ class TrainConfig:
     # NetConfig.learned_denoise: a learned correction of the final noise filter; the denoise
     # stage trains it alone (the rest frozen), e2e trains it with CoarseNet and the gate
     learned_denoise: bool = False
+    denoise_width: float = 1.0  # NetConfig.denoise_width
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise

@@ -87,6 +87,8 @@ class NetConfig:
         learned_denoise: the noise filter that ends the ``net`` method (``infer.denoise``, a
             bilateral filter) is followed by a learned correction of its output
             (``infer.net.noise``); False: the bilateral filter alone, as the classical merge.
+        denoise_width: that correction's channel multiplier (its own: denoising wants more
+            channels than CoarseNet's weights at the widths a CPU trains).
     """
 
     exposures: int = 2
@@ -104,14 +106,15 @@ class NetConfig:
     coarse_window: int = 0
     motion_edges: bool = False
     learned_denoise: bool = False
+    denoise_width: float = 1.0
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
             raise ValueError(f"flow must be one of {FLOWS}, got {self.flow!r}")
         if self.exposures not in (2, 3):
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
-        if not self.width > 0:
-            raise ValueError(f"width must be positive, got {self.width}")
+        if not self.width > 0 or not self.denoise_width > 0:
+            raise ValueError(f"width and denoise_width must be positive, got {self.width}, {self.denoise_width}")
         if self.deform_groups < 1:
             raise ValueError(f"deform_groups must be ≥ 1, got {self.deform_groups}")
         paper = 2 * self.exposures - 1
@@ -172,7 +175,7 @@ class HDRNet(nn.Module):
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None
-        self.noise = NoiseNet(cfg.width) if cfg.learned_denoise else None
+        self.noise = NoiseNet(cfg.denoise_width) if cfg.learned_denoise else None
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------
