@@ -660,3 +660,28 @@ def test_the_learned_noise_filter_starts_as_the_bilateral_one_and_trains_alone(t
     np.testing.assert_array_equal(raw, NetReconstructor(weights={2: src}, denoise=False).reconstruct(frames, expo, 2))
     with pytest.raises(ValueError, match="learned_denoise"):
         tiny_cfg(tmp_path / "x", stage="denoise", flow="dis")
+
+
+def test_a_noise_filter_grafts_onto_another_network(tmp_path):
+    """training.graft: the three-exposure network gets the filter a two-exposure run trained,
+    tensor for tensor, keeping its own weights; a donor without a filter is refused."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+    from training.graft import graft_noise
+
+    torch.manual_seed(0)
+    base = dict(width=0.125, flow="dis", classical_gate=True, refine=False)
+    donor = HDRNet(NetConfig(exposures=2, learned_denoise=True, denoise_width=0.25, **base))
+    with torch.no_grad():
+        donor.noise.last.weight.normal_()
+    three = HDRNet(NetConfig(exposures=3, **base))
+    save_weights(donor, tmp_path / "donor.safetensors", {"stage": "denoise", "steps": 7})
+    save_weights(three, tmp_path / "three.safetensors", {"stage": "e2e"})
+    out = graft_noise(tmp_path / "donor.safetensors", tmp_path / "three.safetensors", tmp_path / "out.safetensors")
+    got = load_weights(out)
+    assert got.cfg.exposures == 3 and got.cfg.learned_denoise and got.cfg.denoise_width == 0.25
+    ref = {**{f"noise.{k}": v for k, v in donor.noise.state_dict().items()}, **three.state_dict()}
+    for k, v in got.state_dict().items():
+        torch.testing.assert_close(v, ref[k].half().float(), msg=k)
+    assert got.meta["noise_filter_from"]["steps"] == 7
+    with pytest.raises(ValueError, match="no learned noise filter"):
+        graft_noise(tmp_path / "three.safetensors", tmp_path / "three.safetensors", tmp_path / "x.safetensors")
