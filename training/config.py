@@ -120,7 +120,8 @@ class LossConfig:
 
 @dataclass
 class TrainConfig:
-    """One training stage (paper §5.1): ``coarse`` → ``refine`` (CoarseNet frozen) → ``e2e``."""
+    """One training stage (paper §5.1): ``coarse`` → ``refine`` (CoarseNet frozen) → ``e2e``;
+    ``gate`` and ``denoise`` train only the classical gate or the learned noise filter."""
 
     stage: str = "coarse"
     exposures: int = 2
