@@ -20,12 +20,14 @@ from torch import Tensor
 from infer.net.ops import lrelu, scaled
 
 MIN_SIGMA = 1e-4  # y units; a noise-free window's σ would make the residual's scale vanish
+Y_FLOOR = 1e-6
 DIFF_CLIP = 8.0  # |noisy - filtered| / σ beyond this is texture, whatever its size
 
 
 def to_y(hdr: Tensor, t_ref: Tensor) -> Tensor:
-    """Linear HDR (b, 3, H, W) per unit exposure → y = sqrt(H·t_ref), ``t_ref`` (b,)."""
-    return (hdr * t_ref.view(-1, 1, 1, 1)).clamp(min=0.0).sqrt()
+    """Linear HDR (b, 3, H, W) per unit exposure → y = sqrt(H·t_ref), ``t_ref`` (b,); at least
+    1e-6 (sqrt's slope at 0 is infinite: a black pixel would give a NaN gradient)."""
+    return (hdr * t_ref.view(-1, 1, 1, 1)).clamp(min=Y_FLOOR**2).sqrt()
 
 
 def from_y(y: Tensor, t_ref: Tensor) -> Tensor:
