@@ -18,21 +18,23 @@ first call of each compiles and is not counted.
     .venv/bin/python bench/speed.py --methods net,net-refine --sizes 1536x813 --exposures 2
 
 ``--methods`` times what ``hdrstream`` runs instead: the reconstructor streaming a simulated
-sequence through preprocess, shipped weights, everything in a frame's time (DIS flows, the
-classical gate's merge, the network) after a warm-up frame.
+sequence through preprocess, the shipped weights (or ``--weights``, whose exposures then
+win), everything in a frame's time (DIS flows, the classical gate's merge, the network, the
+noise filter) after a warm-up frame.
 """
 from __future__ import annotations
 
 import argparse
 import resource
 import time
+from pathlib import Path
 
 import torch
 
 import numpy as np
 
 from hdrstream.memory import keep_freed_memory
-from infer.net.model import HDRNet, NetConfig, load_weights
+from infer.net.model import HDRNet, NetConfig, load_weights, read_metadata
 from infer.net.refine import RefineFeatures
 from infer.window_flows import WindowFlows
 
@@ -108,7 +110,9 @@ def bench_size(net: HDRNet, h: int, w: int, device: torch.device, dtype: torch.d
             "peak_mb": peak_mb(device), "padded": f"{W}x{H}"}
 
 
-def bench_methods(methods: list[str], w: int, h: int, exposures: int, frames: int, device: str) -> None:
+def bench_methods(methods: list[str], w: int, h: int, exposures: int, frames: int, device: str,
+                  weights: str | None = None) -> None:
+    """``weights``: the network methods' file instead of the shipped one (its exposures win)."""
     from capture.sim import SimCamera, SimConfig
     from infer.stage import InferStage
     from preprocess.stage import PreprocessConfig, Preprocessor
@@ -118,6 +122,10 @@ def bench_methods(methods: list[str], w: int, h: int, exposures: int, frames: in
     windows = [x for f in cam.frames() for x in pre.process(f)] + list(pre.finish())
     for m in methods:
         stage = InferStage(method=m, device=device)
+        if weights:
+            for rec in stage.methods:
+                if hasattr(rec, "weights"):  # the network methods
+                    rec.weights = {exposures: Path(weights)}
         times = []
         for win in windows:
             t0 = time.perf_counter()
@@ -142,9 +150,11 @@ def main() -> None:
     a = ap.parse_args()
     keep_freed_memory()  # as the hdrstream command does
     if a.methods:
+        if a.weights:
+            a.exposures = read_metadata(a.weights)[0].exposures
         for size in a.sizes.split(","):
             w, h = (int(v) for v in size.split("x"))
-            bench_methods(a.methods.split(","), w, h, a.exposures, a.frames, a.device)
+            bench_methods(a.methods.split(","), w, h, a.exposures, a.frames, a.device, a.weights)
         return
     device = torch.device(a.device)
     if a.weights:
