@@ -44,7 +44,7 @@ from training.data import (WindowStream, bench, centre_flows, collate, dynamic_v
 from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
-from training.widen import add_edge_inputs, extend_window, widen_state
+from training.widen import add_zero_inputs, extend_window, widen_state
 
 log = logging.getLogger("training")
 
@@ -173,16 +173,16 @@ class Trainer:
             if replace(src.cfg, **free) != self.net_cfg or (src.cfg.classical_gate and not self.net_cfg.classical_gate):
                 raise ValueError(f"--init {p}: its network is {src.cfg}, this run trains {self.net_cfg}")
             state, stage = src.state_dict(), src.meta.get("stage")
-            if self.model.gate is not None and src.gate is None:
-                state.update({f"gate.{k}": v for k, v in self.model.gate.state_dict().items()})
-            elif self.net_cfg.gate_motion_cue and not src.cfg.gate_motion_cue:
-                # the motion cue's input channel starts with zero weights: the same gate at first
-                w = state["gate.conv1.weight"]
-                state["gate.conv1.weight"] = torch.cat((w, w.new_zeros(w.shape[0], 1, *w.shape[2:])), dim=1)
-            if self.model.noise is not None and src.noise is None:  # a fresh filter: the bilateral at first
-                state.update({f"noise.{k}": v for k, v in self.model.noise.state_dict().items()})
+            # a gate or a noise filter the source lacks starts fresh (the gate as trained from
+            # nothing, the filter as the bilateral filter alone)
+            fresh = [part for part in ("gate", "noise") if getattr(self.model, part) is not None
+                     and getattr(src, part) is None]
+            for part in fresh:
+                state.update({f"{part}.{k}": v for k, v in getattr(self.model, part).state_dict().items()})
+            if "gate" not in fresh and self.net_cfg.gate_motion_cue and not src.cfg.gate_motion_cue:
+                state = add_zero_inputs(state, "gate.conv1.weight", 1)  # the same gate at first
             if self.net_cfg.motion_edges and not src.cfg.motion_edges:
-                state = add_edge_inputs(state, src.cfg.coarse_frames - 1)
+                state = add_zero_inputs(state, "coarse.weight.enc1.weight", src.cfg.coarse_frames - 1)
                 log.info("CoarseNet's weights see the flows' motion edges (new inputs, zero weights at first)")
             if widen:
                 state = widen_state(state, self.model)

@@ -124,12 +124,12 @@ def extend_window(state: dict[str, Tensor], wide: HDRNet, frames: int) -> dict[s
     return out
 
 
-def add_edge_inputs(state: dict[str, Tensor], neighbours: int) -> dict[str, Tensor]:
-    """A state dict whose CoarseNet weight head also reads ``neighbours`` motion-edge channels
-    (``NetConfig.motion_edges``), from one that did not: their input weights start at zero,
-    so the output is unchanged at step 0 and the new inputs learn from the first step."""
-    key = "coarse.weight.enc1.weight"
+def add_zero_inputs(state: dict[str, Tensor], key: str, channels: int) -> dict[str, Tensor]:
+    """A state dict whose conv ``key`` also reads ``channels`` new input channels (appended
+    last), from one that did not: their weights start at zero, so the output is unchanged at
+    step 0 and the new inputs learn from the first step (a new cue: the gate's motion cue,
+    CoarseNet's motion edges)."""
     w = state[key]
     out = dict(state)
-    out[key] = torch.cat((w, w.new_zeros(w.shape[0], neighbours, *w.shape[2:])), dim=1)
+    out[key] = torch.cat((w, w.new_zeros(w.shape[0], channels, *w.shape[2:])), dim=1)
     return out
