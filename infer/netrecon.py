@@ -297,7 +297,7 @@ class NetReconstructor:
         t = torch.tensor([t_ref], dtype=torch.float32, device=self.device)
         sigma = np.array(np.broadcast_to(np.asarray(noise, np.float32), hdr.shape[:2]))
         args = [to_y(self._tensor(a)[None], t) for a in (filtered, hdr)]
-        y = net.noise(*args, torch.from_numpy(sigma)[None, None].to(self.device))
+        y = self._tiled(net.noise, *args, torch.from_numpy(sigma)[None, None].to(self.device))  # memory: as CoarseNet
         return from_y(y, t)[0].permute(1, 2, 0).float().cpu().numpy()
 
     def _gate(self, net, frames: np.ndarray, ref: int, hdr: np.ndarray, merged: np.ndarray, conf: np.ndarray,
