@@ -230,6 +230,31 @@ def test_large_frames_tile_by_default_and_tile_sizes_are_checked(weights, monkey
             NetReconstructor("net", weights, device="cpu", tile=bad)
 
 
+def test_learned_noise_filter_runs_in_tiles(tmp_path):
+    """The noise filter is the network's widest full-resolution pass: it must stay within
+    the tile size's memory bound (it needed 6.1 GiB whole at 4096x2168)."""
+    torch.manual_seed(0)
+    net = HDRNet(NetConfig(exposures=2, width=0.125, flow="dis", classical_gate=True,
+                           learned_denoise=True, denoise_width=0.25)).eval()
+    with torch.no_grad():
+        net.noise.last.weight.normal_(0, 0.1)  # a filter that changes the output
+    path = save_weights(net, tmp_path / "noise.safetensors")
+    frames, expos = stream_of(5, 2, h=80, w=112, seed=3)
+    frames = frames ** 2
+    seen, out = [], {}
+    for tile in (0, 32):
+        rec = NetReconstructor("net", {2: path}, device="cpu", stream=False, tile=tile, tile_margin=32)
+        model = rec.model(2)
+        hook = model.noise.register_forward_pre_hook(lambda _m, args: seen.append((tile, args[0].shape[-2:])))
+        out[tile] = rec.reconstruct(frames, expos, 2)
+        hook.remove()
+    assert [s for t, s in seen if t == 0] == [(80, 112)]
+    tiled = [s for t, s in seen if t == 32]
+    assert len(tiled) == 12 and max(max(s) for s in tiled) <= 32 + 2 * 32
+    rel = np.abs(out[32] - out[0]) / (np.abs(out[0]) + 1e-3 * out[0].max())
+    assert np.median(rel) < 1e-3 and rel.mean() < 5e-3
+
+
 @pytest.mark.skipif(not all(default_weights(n).is_file() for n in (2, 3)), reason="no shipped weights")
 def test_shipped_network_is_seamless_in_tiles():
     """With the shipped weights 32-pixel margins already hide the seams of 32-pixel tiles
