@@ -267,6 +267,19 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch(tmp_path, stage):
     assert min(losses[-3:]) < losses[0]
 
 
+def test_grad_clip_bounds_a_steps_gradient_and_the_norm_is_reported(tmp_path):
+    batch = fixed_batch()
+    free = Trainer(tiny_cfg(tmp_path / "free", lr=2e-3))
+    clipped = Trainer(tiny_cfg(tmp_path / "clipped", lr=2e-3, grad_clip=1e-4))
+    _, terms = free.train_step(batch)
+    _, clipped_terms = clipped.train_step(batch)
+    assert terms["grad_norm"] > 1e-3 and clipped_terms["grad_norm"] == pytest.approx(terms["grad_norm"], rel=1e-4)
+    after = torch.sqrt(sum((p.grad ** 2).sum() for p in clipped.params)).item()
+    assert after == pytest.approx(1e-4, rel=1e-3)  # the step took the clipped gradient
+    with pytest.raises(ValueError, match="grad_clip"):
+        tiny_cfg(tmp_path, grad_clip=-1.0)
+
+
 def test_refine_stage_freezes_coarsenet(tmp_path):
     trainer = Trainer(tiny_cfg(tmp_path, stage="refine"))
     before = {k: v.clone() for k, v in trainer.model.coarse.state_dict().items()}

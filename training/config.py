@@ -152,6 +152,9 @@ class TrainConfig:
     batch_size: int = 8
     lr: float = 1e-4
     lr_halve_every: int = 10_000  # steps; 0 = constant
+    # largest total gradient norm a step may take (torch.nn.utils.clip_grad_norm_; 0: no limit).
+    # The norm is logged either way ("grad_norm"), so a run that diverges shows where it began.
+    grad_clip: float = 0.0
     seed: int = 0  # training data and init; any value (worlds are hashed into [0, VAL_SEED_BASE))
     workers: int = -1  # data processes; -1 = auto (0 on <= 2 cores)
     threads: int = 0  # torch intra-op threads; 0 = auto
@@ -188,8 +191,8 @@ class TrainConfig:
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0:
-            raise ValueError("need steps >= 0, batch_size >= 1, lr > 0, lr_halve_every >= 0")
+        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0 or self.grad_clip < 0:
+            raise ValueError("need steps >= 0, batch_size >= 1, lr > 0, lr_halve_every >= 0, grad_clip >= 0")
         if self.flow not in ("learned", "dis"):
             raise ValueError(f"flow must be learned|dis, got {self.flow!r}")
         if self.amp not in ("none", "bf16", "fp16"):

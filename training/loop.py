@@ -322,6 +322,9 @@ class Trainer:
             log.warning("step %d: non-finite loss %s, step skipped", self.step, float(loss))
         else:
             self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip or float("inf"))
+            terms["grad_norm"] = float(norm)
             self.scaler.step(self.opt)
             self.scaler.update()
             if self.ema is not None:
