@@ -675,6 +675,24 @@ def test_the_learned_noise_filter_starts_as_the_bilateral_one_and_trains_alone(t
         tiny_cfg(tmp_path / "x", stage="denoise", flow="dis")
 
 
+def test_e2e_passes_the_final_gradient_straight_through_the_noise_filter(tmp_path):
+    """With the filter in an e2e run, the network before it learns from the error the filter
+    leaves, as if the filter were the identity (its true gradient lands on a few black pixels)."""
+    run = dict(flow="dis", classical_gate=True, refine=False, learned_denoise=True, denoise_width=0.25)
+    trainer = Trainer(tiny_cfg(tmp_path, stage="e2e", **run))
+    with torch.no_grad():
+        trainer.model.noise.last.weight.normal_(0, 0.1)
+    b = fixed_batch(size=2, flows=True)
+    _, _, _, sigma = trainer.classical_inputs(b["ldr"], b["expo"])
+    hdr = (torch.rand(2, 3, CROP, CROP) * 2).requires_grad_(True)
+    t_ref = b["expo"][:, 1].float()
+    out = trainer._learned_denoise(hdr, t_ref, sigma)
+    weight = torch.rand_like(out)
+    (out * weight).sum().backward()
+    torch.testing.assert_close(hdr.grad, weight)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainer.model.noise.parameters())
+
+
 def test_a_noise_filter_grafts_onto_another_network(tmp_path):
     """training.graft: the three-exposure network gets the filter a two-exposure run trained,
     tensor for tensor, keeping its own weights; a donor without a filter is refused."""
