@@ -57,7 +57,7 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
     infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
                        tile=args.tile, threads=getattr(args, "infer_threads", None),
-                       denoise=denoise_option(args))
+                       denoise=denoise_option(args), learned_denoise=not args.no_learned_denoise)
     stages = [
         Preprocessor(PreprocessConfig(crf=args.crf, align=not args.no_align, scale=args.scale)),
         infer,

@@ -73,6 +73,7 @@ class InferConfig:
     tile: int = -1  # network methods: tile size in pixels (multiple of 16); 0 never; -1 frames above ~2.2 Mpx
     denoise: bool = True  # filter the merge's remaining noise (classical and network methods; infer/denoise.py)
     denoise_strength: float | None = None  # its range in noise deviations (ClassicalConfig.denoise); None: default
+    learned_denoise: bool = True  # network methods: the weights' learned correction of that filter, where they have one
 
     def denoise_option(self) -> bool | float:
         """``make_reconstructor``'s ``denoise`` (as infer.reconstructor.denoise_option for the CLI)."""
@@ -118,7 +119,8 @@ class Deployment:
 
         return InferStage(method=self.infer.method, compare=self.infer.compare,
                           device=self.infer.device or None, precision=self.infer.precision,
-                          tile=None if self.infer.tile < 0 else self.infer.tile, denoise=self.infer.denoise_option())
+                          tile=None if self.infer.tile < 0 else self.infer.tile, denoise=self.infer.denoise_option(),
+                          learned_denoise=self.infer.learned_denoise)
 
     def sink_stage(self):
         from sink.stage import Sink

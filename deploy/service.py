@@ -307,7 +307,7 @@ def _flags_infer(args: argparse.Namespace) -> int:
 
     compare = [m for m in args.compare.split(",") if m]
     stage = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
-                       tile=args.tile, denoise=denoise_option(args))
+                       tile=args.tile, denoise=denoise_option(args), learned_denoise=not args.no_learned_denoise)
     return serve_infer(stage, args.inp, args.out,
                        metrics_port=args.metrics_port)
 

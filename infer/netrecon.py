@@ -102,7 +102,8 @@ class NetReconstructor:
     frame size; 0 never tiles, None tiles frames above ``AUTO_TILE_PIXELS``. Seams differ
     from whole-frame inference only where the network looks further than the margin.
     ``denoise``: filter the output as the classical merge filters its own (``infer.denoise``,
-    ``ClassicalConfig.denoise``), so the methods compare like for like. ``classical``: that
+    ``ClassicalConfig.denoise``), so the methods compare like for like; then, with
+    ``learned_denoise`` and weights that have one, the network's learned correction of it. ``classical``: that
     merge's settings (the gate's input and the filter's), if not its defaults.
     """
 
@@ -118,6 +119,7 @@ class NetReconstructor:
         denoise: bool = True,
         classical: ClassicalConfig | None = None,
         channels_last: bool = True,
+        learned_denoise: bool = True,
     ) -> None:
         if name not in NAMES:
             raise ValueError(f"NetReconstructor is one of {NAMES}, got {name!r}")
@@ -126,6 +128,7 @@ class NetReconstructor:
                 raise ValueError(f"{what} must be a non-negative multiple of {TILE_MULTIPLE}, got {v}")
         self.tile, self.tile_margin = tile, tile_margin
         self.denoise = denoise
+        self.learned_denoise = learned_denoise
         self.name = name
         self.weights = {n: Path(p) for n, p in (weights or {}).items()}
         self.device = _device(device)
@@ -286,7 +289,7 @@ class NetReconstructor:
         if not self.denoise:
             return hdr
         filtered = self.classical.denoise(hdr, float(exposures[ref]), noise)
-        if net.noise is None or self.name == "coarse" or noise is None or filtered is hdr:
+        if net.noise is None or not self.learned_denoise or self.name == "coarse" or noise is None or filtered is hdr:
             return filtered
         return self._learned_denoise(net, hdr, filtered, float(exposures[ref]), noise)
 

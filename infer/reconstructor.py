@@ -39,6 +39,9 @@ def add_network_args(p) -> None:
     p.add_argument("--denoise-strength", type=float, default=None, metavar="K",
                    help=f"the noise filter's range in estimated noise deviations (default {ClassicalConfig.denoise:g}; "
                         "6 suits smooth content, lower keeps fine texture; 0 is --no-denoise)")
+    p.add_argument("--no-learned-denoise", action="store_true",
+                   help="network methods: the bilateral noise filter alone, without the network's learned "
+                        "correction of it (about half the network's CPU time; ~0.1-0.2 dB PSNR-mu less)")
 
 
 def denoise_option(args) -> bool | float:
@@ -50,14 +53,16 @@ def denoise_option(args) -> bool | float:
 
 
 def make_reconstructor(name: str, device: str | None = None, precision: str = "auto",
-                       tile: int | None = None, denoise: bool | float = True) -> Reconstructor:
+                       tile: int | None = None, denoise: bool | float = True,
+                       learned_denoise: bool = True) -> Reconstructor:
     """The reconstructor called ``name``; raises ValueError for unknown names.
 
     ``device`` (e.g. "cpu", "cuda:1"; None: CUDA when present), ``precision``
     (auto | fp32 | bf16 | fp16) and ``tile`` (pixels; 0 never, None for large frames)
     concern the network methods only; ``denoise`` (infer.denoise) classical and the network:
     True the filter at its default strength, False none, a number its strength (k, see
-    ``ClassicalConfig.denoise``; 0 none).
+    ``ClassicalConfig.denoise``; 0 none). ``learned_denoise``: False runs the network's
+    weights without their learned correction of that filter (``NetConfig.learned_denoise``).
     """
     from infer.classical import ClassicalConfig
 
@@ -78,5 +83,6 @@ def make_reconstructor(name: str, device: str | None = None, precision: str = "a
 
         # weights load on the first window: its size picks 2 or 3 exposures
         return NetReconstructor(name, device=device, precision=precision, tile=tile,
-                                denoise=merge is None or merge.denoise > 0, classical=merge)
+                                denoise=merge is None or merge.denoise > 0, classical=merge,
+                                learned_denoise=learned_denoise)
     raise ValueError(f"unknown reconstruction method {name!r}; known: {', '.join(KNOWN)}")

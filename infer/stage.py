@@ -42,9 +42,9 @@ class InferStage:
 
     def __init__(self, method: str = "classical", compare: Sequence[str] = (), device: str | None = None,
                  precision: str = "auto", tile: int | None = None, threads: int | None = 1,
-                 denoise: bool | float = True) -> None:
+                 denoise: bool | float = True, learned_denoise: bool = True) -> None:
         self._names = list(dict.fromkeys([method] + [m for m in compare if m != method]))
-        self._options = (device, precision, tile, denoise)
+        self._options = (device, precision, tile, denoise, learned_denoise)
         self.methods = self._make_methods()
         streaming = [rec.name for rec in self.methods if hasattr(rec, "reconstruct_stream")]
         if threads is None:  # auto: every core for methods that can share them

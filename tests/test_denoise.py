@@ -1,6 +1,8 @@
 """infer.denoise: the noise estimate from the window itself, and the filter against it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,24 @@ def test_the_strength_reaches_every_method_from_the_command_line_and_the_deploym
     assert stage.methods[0].cfg.denoise == 6.5
     toml.write_text("[infer]\ndenoise = false\ndenoise_strength = 6.5\n")
     assert load(toml, env={}).infer_stage().methods[0].cfg.denoise == 0
+    assert p.parse_args(["--no-learned-denoise"]).no_learned_denoise and not p.parse_args([]).no_learned_denoise
+    toml.write_text("[infer]\nmethod = 'net'\nlearned_denoise = false\n")
+    assert load(toml, env={}).infer_stage().methods[0].learned_denoise is False
+    assert make_reconstructor("net").learned_denoise is True
+
+
+@pytest.mark.skipif(not (Path(__file__).parents[1] / "infer/weights/hdrnet-2exp.safetensors").is_file(),
+                    reason="no shipped weights")
+def test_without_the_learned_correction_the_network_ends_with_the_bilateral_filter_alone():
+    from infer.netrecon import NetReconstructor
+
+    rng = np.random.default_rng(4)
+    frames = (rng.random((5, 48, 64, 3)) ** 2).astype(np.float32)
+    expos = [0.001, 0.008] * 2 + [0.001]
+    plain = NetReconstructor("net", device="cpu", learned_denoise=False)
+    bilateral = NetReconstructor("net", device="cpu")
+    bilateral.model(2).noise = None  # the same weights, no correction
+    learned = NetReconstructor("net", device="cpu").reconstruct(frames, expos, 2)
+    a, b = plain.reconstruct(frames, expos, 2), bilateral.reconstruct(frames, expos, 2)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - learned).max() > 0
