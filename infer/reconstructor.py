@@ -9,10 +9,11 @@ from infer.method import PRECISIONS, Reconstructor
 KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
-# The method used when none is named. The shipped CPU-trained network (2 exposures with its
-# classical gate) beats classical on the dynamic validation split by ~1 dB PSNR-μ and ties on
-# the static one (bench/quality.py, 2026-12-04), short of the +1.5 dB asked before it becomes
-# the default, at ~40x classical's CPU time (infer/weights/README.md); --method net selects it.
+# The method used when none is named. The shipped CPU-trained networks beat classical on the
+# dynamic split of bench/quality.py by +1.29 dB PSNR-μ (2 exposures) and +0.54 to +1.06 dB
+# (3 exposures) and are level or better on the static one (2026-12-07), short of the +1.5 dB
+# asked before the network becomes the default, at ~8x classical's CPU time at 1536×813
+# (infer/weights/README.md); --method net selects it.
 DEFAULT_METHOD = "classical"
 
 
