@@ -103,8 +103,8 @@ class NetReconstructor:
     from whole-frame inference only where the network looks further than the margin.
     ``denoise``: filter the output as the classical merge filters its own (``infer.denoise``,
     ``ClassicalConfig.denoise``), so the methods compare like for like; then, with
-    ``learned_denoise`` and weights that have one, the network's learned correction of it. ``classical``: that
-    merge's settings (the gate's input and the filter's), if not its defaults.
+    ``learned_denoise`` and weights that have one, the network's learned correction of it.
+    ``classical``: that merge's settings (the gate's input and the filter's), if not its defaults.
     """
 
     def __init__(

@@ -191,7 +191,8 @@ class TrainConfig:
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0 or self.grad_clip < 0:
+        if (self.steps < 0 or self.batch_size < 1 or not self.lr > 0 or self.lr_halve_every < 0
+                or self.grad_clip < 0):
             raise ValueError("need steps >= 0, batch_size >= 1, lr > 0, lr_halve_every >= 0, grad_clip >= 0")
         if self.flow not in ("learned", "dis"):
             raise ValueError(f"flow must be learned|dis, got {self.flow!r}")
