@@ -1,14 +1,13 @@
 """infer.denoise: the noise estimate from the window itself, and the filter against it."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from hdrstream.quality import psnr_mu
 from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.denoise import denoise, reference_noise
+from infer.netrecon import default_weights
 from infer.stage import InferStage
 
 
@@ -202,8 +201,7 @@ def test_the_strength_reaches_every_method_from_the_command_line_and_the_deploym
     assert make_reconstructor("net").learned_denoise is True
 
 
-@pytest.mark.skipif(not (Path(__file__).parents[1] / "infer/weights/hdrnet-2exp.safetensors").is_file(),
-                    reason="no shipped weights")
+@pytest.mark.skipif(not default_weights(2).is_file(), reason="no shipped weights")
 def test_without_the_learned_correction_the_network_ends_with_the_bilateral_filter_alone():
     from infer.netrecon import NetReconstructor
 
