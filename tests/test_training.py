@@ -188,6 +188,23 @@ def test_the_linear_term_weighs_a_highlight_error_more_than_the_mu_law():
     assert set(stage_loss("gate", out, batch, LossConfig())[1]) == {"gate"}  # off by default: the paper's loss
 
 
+def test_clipped_motion_weight_counts_moving_pixels_behind_a_clipped_reference_more():
+    """Of the moving pixels, those where the reference is clipped in a channel count
+    ``clipped_weight`` more; a clipped reference where nothing moves, or a moving pixel the
+    reference sees, gets no more than the motion weight."""
+    from training.losses import motion_weights
+    gt = torch.full((1, 3, 3, 8, 8), 0.2)
+    gt[:, 0, :, :, :4] = 0.6  # something moves over the four left columns in frame i-1
+    ldr_ref = torch.full((1, 3, 8, 8), 0.5)
+    ldr_ref[:, 0, :, ::2] = 1.0  # red clipped in every other column
+    w = motion_weights(gt, 2.0, ldr_ref, 5.0)
+    assert torch.all(w[..., 0:4:2] == 8.0) and torch.all(w[..., 1:4:2] == 3.0)  # moving: clipped, not
+    assert torch.all(w[..., 4::2] == 1.0) and torch.all(w[..., 5::2] == 1.0)  # static, clipped or not
+    assert torch.equal(motion_weights(gt, 2.0, ldr_ref, 0.0), motion_weights(gt, 2.0))
+    w_only = motion_weights(gt, 0.0, ldr_ref, 5.0)  # the extra weight alone
+    assert torch.all(w_only[..., 0:4:2] == 6.0) and torch.all(w_only[..., 1::2] == 1.0)
+
+
 def test_motion_weight_makes_an_error_where_things_move_cost_more():
     """Where the neighbours' ground truth differs from the reference's, an error counts 1 + k
     times; off (the default) the loss is the paper's unweighted L1."""

@@ -101,6 +101,11 @@ class LossConfig:
     # than MOTION_TOL in μ-law) count 1 + motion_weight times in the μ-law L1 terms: a ghost
     # there costs more than the noise a static area averages away (0: the paper's loss)
     motion_weight: float = 0.0
+    # of those moving pixels, the ones where the reference is clipped in a channel count
+    # clipped_motion_weight more on top: the reference only bounds them, the truth must come
+    # from neighbours that saw the object elsewhere (three-exposure cycles, longest
+    # reference: 1.6 % of the dynamic split's pixels, 43 % of the network's error; 0: off)
+    clipped_motion_weight: float = 0.0
     # the μ-law error terms (coarse, and refine or gate where every pixel counts): "l1" (the
     # paper's) or "psnr" (each sample's PSNR-μ, what validation scores; eq. 6's masked L1 of
     # the paper's refine stage stays L1)
@@ -114,7 +119,8 @@ class LossConfig:
             raise ValueError(f"loss.norm must be one of {LOSS_NORMS}, got {self.norm!r}")
         if self.perceptual not in ("ssim", "grad", "none"):
             raise ValueError(f"loss.perceptual must be ssim|grad|none, got {self.perceptual!r}")
-        if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight, self.hue) < 0 or self.scales < 1:
+        if min(self.coarse, self.refine, self.perceptual_weight, self.linear, self.motion_weight, self.hue,
+               self.clipped_motion_weight) < 0 or self.scales < 1:
             raise ValueError("loss weights must be >= 0 and scales >= 1")
 
 

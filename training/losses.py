@@ -44,15 +44,21 @@ def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
 MOTION_TOL = 0.02  # μ-law difference of the ground truth that counts as motion
 
 
-def motion_weights(gt: Tensor, weight: float) -> Tensor | None:
+def motion_weights(gt: Tensor, weight: float, ldr_ref: Tensor | None = None, clipped_weight: float = 0.0
+                   ) -> Tensor | None:
     """(B, 1, H, W) per-pixel loss weights, 1 + ``weight`` where the scene moves between the
     reference and its neighbours: ``gt`` (B, 3, 3, H, W) is the ground truth of frames i-1, i,
-    i+1. None when ``weight`` is 0 (every pixel counts the same)."""
-    if weight <= 0:
+    i+1; ``clipped_weight`` more where it moves and ``ldr_ref`` (B, 3, H, W, gamma values) is
+    clipped in a channel. None when both weights are 0 (every pixel counts the same)."""
+    if weight <= 0 and (clipped_weight <= 0 or ldr_ref is None):
         return None
     t = mu_law(gt)
     moved = torch.maximum((t[:, 0] - t[:, 1]).abs().amax(1), (t[:, 2] - t[:, 1]).abs().amax(1)) > MOTION_TOL
-    return 1.0 + weight * moved.unsqueeze(1).to(gt.dtype)
+    w = 1.0 + weight * moved.unsqueeze(1).to(gt.dtype)
+    if clipped_weight > 0 and ldr_ref is not None:
+        clipped = (ldr_ref >= CLIP_LEVEL).any(1) & moved
+        w = w + clipped_weight * clipped.unsqueeze(1).to(gt.dtype)
+    return w
 
 
 PSNR_SCALE = 0.01  # the "psnr" term in dB/100: about the size of the L1 term at 40 dB
@@ -195,7 +201,8 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         lcfg: :class:`training.config.LossConfig`.
     """
     terms: dict[str, Tensor] = {}
-    w = motion_weights(batch["gt"], lcfg.motion_weight) if "gt" in batch else None
+    ldr_ref = batch["ldr"][:, batch["ldr"].shape[1] // 2] if "ldr" in batch else None
+    w = motion_weights(batch["gt"], lcfg.motion_weight, ldr_ref, lcfg.clipped_motion_weight) if "gt" in batch else None
     if stage in ("gate", "denoise"):  # the final HDR, every pixel counts (the gate also acts where M = 1)
         terms[stage] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
