@@ -70,6 +70,9 @@ class ClassicalConfig:
     zero_bias: float = 0.005  # keep flow only where it lowers mean |ΔL| by this (0: always)
     flow_sat: float = 0.96  # exposure-matched reference at or above this: no flow from it
     pair_flow: bool = True  # flow in clipped regions from the same-exposure partner
+    # where the reference is clipped, read a neighbour unwarped (preprocess's global alignment
+    # only) wherever that agrees better with the clip than its flow does (see _merge_frames)
+    unwarped_behind_clip: bool = True
     snr_power: float = 1.0  # weight ∝ t^p: 1 for shot-noise, 2 for read-noise limited sensors
     sat_start: float = 0.85  # L where a frame's saturation roll-off begins ...
     sat_end: float = 0.97  # ... and where its weight reaches zero
@@ -228,14 +231,18 @@ class ClassicalReconstructor:
         num = cv2.multiply(H_ref, w if pc else w3)
         den = w.copy()
         refs: dict[float, np.ndarray] = {}  # the reference at each brighter exposure, for the ghost test
+        clipped = L_ref.max(axis=2) >= np.float32(cfg.sat_end) if cfg.unwarped_behind_clip else None
         for j in nbrs:
             t_j = float(exposures[j])
             if mats is not None and mats[j] is not None:
                 L_j = _resample(np.asarray(frames[j], np.float32), maps[j], flows.moved.get(j))
             else:
                 L_j = _remap_box(np.asarray(frames[j], np.float32), maps[j], flows.boxes.get(j))
-            w = weight(L_j, t_j)
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
+            if cfg.unwarped_behind_clip and maps[j] is not None and clipped.any():
+                L_j, agree = self._unwarped_where_better(frames[j], mats[j] if mats is not None else None,
+                                                         L_j, agree, clipped, g_ref, t_j, t_ref, refs)
+            w = weight(L_j, t_j)
             if conf is not None:
                 for c in conf:
                     c *= agree
@@ -266,6 +273,29 @@ class ClassicalReconstructor:
             merged_px *= np.float32(1.0 / t_ref ** cfg.snr_power)
             return H, np.maximum(merged_px, np.float32(1.0), out=merged_px)
         return H, max(float(np.median(den[::4, ::4])) / (t_ref ** cfg.snr_power), 1.0)
+
+    def _unwarped_where_better(self, frame: np.ndarray, mat: np.ndarray | None, L_j: np.ndarray, agree: np.ndarray,
+                               clipped: np.ndarray, g_ref: np.ndarray, t_j: float, t_ref: float,
+                               refs: dict[float, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Where the reference is clipped its flow to a neighbour was not measured but
+        inferred (the same-exposure pair's motion, or filled in from around), and near a
+        moving object that inference carries the object's motion onto the background behind
+        it: the warped neighbour shows the object where the reference saw a light too bright
+        to record, every neighbour disagrees, and the merge falls back to the clip level, far
+        too dark (the longest reference of a 1:4:16 cycle on the dynamic split). The other
+        hypothesis there is that nothing moved but the camera, which preprocess already
+        removed: the neighbour unwarped. Each pixel keeps whichever agrees better with the
+        clip (a clipped reference agrees with anything at least as bright)."""
+        L0 = np.asarray(frame, np.float32)
+        if mat is not None:  # bicubic, as preprocess would have warped it
+            L0 = np.clip(warp(L0, mat, L0.shape, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+        agree0 = self._agreement(_grey(L0), g_ref, t_j, t_ref, refs)
+        use = clipped & (agree0 > agree)
+        if not use.any():
+            return L_j, agree
+        L_j = np.array(L_j, np.float32)  # L_j may be a view of the frame itself
+        L_j[use] = L0[use]
+        return L_j, np.where(use, agree0, agree).astype(np.float32)
 
     def flows(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
               nbrs: Sequence[int] | None = None) -> np.ndarray:

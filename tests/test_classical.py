@@ -242,6 +242,35 @@ def test_the_agreement_cue_tells_motion_from_clipping(exps):
     assert np.median(agree_moved[14:26, 24:36]) < 0.2
 
 
+def test_behind_a_clipped_reference_a_neighbour_is_read_unwarped_where_its_flow_is_wrong(monkeypatch):
+    """Where the reference is clipped its flow is inferred, not measured; an inference that
+    drags a dark object over the bright background (here: every flow 12 px off) must not
+    darken the merge to the clip level: the unwarped neighbours, which agree with the clip,
+    give the background's radiance."""
+    from infer import classical
+
+    h, w = 64, 96
+    x = np.mgrid[0:h, 0:w][1].astype(np.float32)
+    H = (0.15 + 0.03 * np.sin(x / 5.0))[..., None] * np.float32([1.0, 0.85, 0.7])  # clips at 16 only
+    H[16:48, 40:70] = np.float32([0.004, 0.005, 0.006])  # a dark object, where it is in every frame
+    exps = [1.0, 4.0, 16.0, 1.0, 4.0]
+    frames = np.stack([render(H, t) for t in exps]).astype(np.float32)
+
+    def off_by_12(self, j):
+        f = np.zeros((self.size[1], self.size[0], 2), np.float32)
+        f[..., 0] = 12.0
+        return f
+
+    monkeypatch.setattr(classical._Flows, "_flow_to", off_by_12)
+    band = np.zeros((h, w), bool)
+    band[16:48, 28:40] = True  # the clipped background the misplaced object lands on
+    assert np.all(frames[2][band].max(axis=1) >= 0.97)
+    ratio = {v: ClassicalReconstructor(ClassicalConfig(unwarped_behind_clip=v, denoise=0.0))
+             .reconstruct(frames, exps, 2)[band] / H[band] for v in (False, True)}
+    assert np.abs(ratio[True] - 1.0).max() < 0.02
+    assert ratio[False].mean() < 0.6  # without it: the clip level and the object, far too dark
+
+
 # -- windows with their global warps deferred to the reconstructor ---------------------------------
 
 
