@@ -231,7 +231,11 @@ class ClassicalReconstructor:
         num = cv2.multiply(H_ref, w if pc else w3)
         den = w.copy()
         refs: dict[float, np.ndarray] = {}  # the reference at each brighter exposure, for the ghost test
-        clipped = L_ref.max(axis=2) >= np.float32(cfg.sat_end) if cfg.unwarped_behind_clip else None
+        clipped = None
+        if cfg.unwarped_behind_clip:
+            clipped = np.maximum(np.maximum(L_ref[..., 0], L_ref[..., 1]), L_ref[..., 2]) >= np.float32(cfg.sat_end)
+            if not clipped.any():
+                clipped = None
         for j in nbrs:
             t_j = float(exposures[j])
             if mats is not None and mats[j] is not None:
@@ -239,9 +243,10 @@ class ClassicalReconstructor:
             else:
                 L_j = _remap_box(np.asarray(frames[j], np.float32), maps[j], flows.boxes.get(j))
             agree = self._agreement(_grey(L_j), g_ref, t_j, t_ref, refs)
-            if cfg.unwarped_behind_clip and maps[j] is not None and clipped.any():
-                L_j, agree = self._unwarped_where_better(frames[j], mats[j] if mats is not None else None,
-                                                         L_j, agree, clipped, g_ref, t_j, t_ref, refs)
+            if clipped is not None and maps[j] is not None:
+                mat = mats[j] if mats is not None else None
+                self._unwarped_where_better(frames[j], mat, L_j, agree, clipped, flows.moved_region(j),
+                                            flows.moved.get(j) if mat is not None else None, g_ref, t_j, t_ref)
             w = weight(L_j, t_j)
             if conf is not None:
                 for c in conf:
@@ -275,8 +280,8 @@ class ClassicalReconstructor:
         return H, max(float(np.median(den[::4, ::4])) / (t_ref ** cfg.snr_power), 1.0)
 
     def _unwarped_where_better(self, frame: np.ndarray, mat: np.ndarray | None, L_j: np.ndarray, agree: np.ndarray,
-                               clipped: np.ndarray, g_ref: np.ndarray, t_j: float, t_ref: float,
-                               refs: dict[float, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+                               clipped: np.ndarray, moved: tuple[slice, slice] | None,
+                               moved_mask: np.ndarray | None, g_ref: np.ndarray, t_j: float, t_ref: float) -> None:
         """Where the reference is clipped its flow to a neighbour was not measured but
         inferred (the same-exposure pair's motion, or filled in from around), and near a
         moving object that inference carries the object's motion onto the background behind
@@ -284,18 +289,43 @@ class ClassicalReconstructor:
         to record, every neighbour disagrees, and the merge falls back to the clip level, far
         too dark (the longest reference of a 1:4:16 cycle on the dynamic split). The other
         hypothesis there is that nothing moved but the camera, which preprocess already
-        removed: the neighbour unwarped. Each pixel keeps whichever agrees better with the
-        clip (a clipped reference agrees with anything at least as bright)."""
-        L0 = np.asarray(frame, np.float32)
-        if mat is not None:  # bicubic, as preprocess would have warped it
-            L0 = np.clip(warp(L0, mat, L0.shape, interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
-        agree0 = self._agreement(_grey(L0), g_ref, t_j, t_ref, refs)
-        use = clipped & (agree0 > agree)
-        if not use.any():
-            return L_j, agree
-        L_j = np.array(L_j, np.float32)  # L_j may be a view of the frame itself
-        L_j[use] = L0[use]
-        return L_j, np.where(use, agree0, agree).astype(np.float32)
+        removed: the neighbour unwarped. Each clipped pixel keeps whichever agrees better
+        with the clip (a clipped reference agrees with anything at least as bright); ``L_j``
+        and ``agree`` change in place. Only where the flow moved the neighbour (``moved_mask``,
+        with a global transform ``mat``; else where the warped copy differs), inside the box
+        ``moved``: elsewhere the warped neighbour is the unwarped one. The box around those
+        pixels is the same whatever the remap's box, so the output is too, bit for bit."""
+        if moved is None:
+            return
+        sub = _sub_box(clipped[moved], moved)  # the clipped pixels' box
+        if sub is None:
+            return
+        if moved_mask is not None:
+            inside = clipped[sub] & moved_mask[sub]
+        else:  # where the flow moved it (the box's edges may not have moved): any channel differs
+            diff = cv2.absdiff(L_j[sub], np.asarray(frame[sub], np.float32))
+            inside = clipped[sub] & (cv2.cvtColor(diff, cv2.COLOR_RGB2HSV)[..., 2] > 0)  # V = max(R, G, B)
+        core = _sub_box(inside, sub)
+        if core is None:
+            return
+        h, w = clipped.shape
+        pad = self.cfg.ghost_blur_px  # the agreement's box filter must see the same pixels as on the whole frame
+        y0, y1 = max(0, core[0].start - pad), min(h, core[0].stop + pad)
+        x0, x1 = max(0, core[1].start - pad), min(w, core[1].stop + pad)
+        box = (slice(y0, y1), slice(x0, x1))
+        if mat is None:
+            L0 = np.asarray(frame[box], np.float32)
+        else:  # bicubic, as preprocess would have warped it, into the box only
+            m = np.array(mat, np.float64).reshape(2, 3)
+            m[:, 2] -= (x0, y0)
+            L0 = warp(np.asarray(frame, np.float32), m, (y1 - y0, x1 - x0), interpolation=cv2.INTER_CUBIC)
+        agree0 = self._agreement(_grey(L0), g_ref[box], t_j, t_ref)
+        a = agree[box]
+        use = np.zeros((y1 - y0, x1 - x0), bool)  # the margin only gave the filter its context
+        inner = (slice(core[0].start - y0, core[0].stop - y0), slice(core[1].start - x0, core[1].stop - x0))
+        use[inner] = clipped[core] & (agree0[inner] > a[inner] + np.float32(1e-3))  # clearly better, not by rounding
+        cv2.copyTo(L0, use.view(np.uint8), L_j[box])
+        np.copyto(a, agree0, where=use)
 
     def flows(self, frames: np.ndarray, exposures: Sequence[float], ref: int,
               nbrs: Sequence[int] | None = None) -> np.ndarray:
@@ -494,6 +524,15 @@ class _Flows:
             out[j] = flow
         return out
 
+    def moved_region(self, j: int) -> tuple[slice, slice] | None:
+        """The full-size box where neighbour j's flow moved anything (after ``maps``); None: nowhere."""
+        if j in self.moved:
+            x, y, w, h = cv2.boundingRect(self.moved[j].view(np.uint8))
+            return (slice(y, y + h), slice(x, x + w)) if w and h else None
+        if j in self.boxes:
+            return self.boxes[j]
+        return None if self.mats is not None else (slice(0, self.full[0]), slice(0, self.full[1]))
+
     def grey(self, i: int) -> np.ndarray:
         """Working-size grey of frame i, float32 in [0, 1]."""
         if i not in self._grey:
@@ -561,6 +600,14 @@ def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) ->
     keep = (e_zero - e_flow) * np.float32(1.0 / (255.0 * bias)) - np.float32(1.0)
     np.clip(keep, 0.0, 1.0, out=keep)
     return cv2.blur(keep, k)
+
+
+def _sub_box(mask: np.ndarray, box: tuple[slice, slice]) -> tuple[slice, slice] | None:
+    """The box (full-frame slices) around the true pixels of ``mask``, a crop at ``box``; None: none."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    if not (w and h):
+        return None
+    return (slice(box[0].start + y, box[0].start + y + h), slice(box[1].start + x, box[1].start + x + w))
 
 
 def _fill_from_valid(flow: np.ndarray, valid: np.ndarray) -> np.ndarray:
