@@ -527,8 +527,7 @@ class _Flows:
     def moved_region(self, j: int) -> tuple[slice, slice] | None:
         """The full-size box where neighbour j's flow moved anything (after ``maps``); None: nowhere."""
         if j in self.moved:
-            x, y, w, h = cv2.boundingRect(self.moved[j].view(np.uint8))
-            return (slice(y, y + h), slice(x, x + w)) if w and h else None
+            return _sub_box(self.moved[j], (slice(0, self.full[0]), slice(0, self.full[1])))
         if j in self.boxes:
             return self.boxes[j]
         return None if self.mats is not None else (slice(0, self.full[0]), slice(0, self.full[1]))
