@@ -212,6 +212,38 @@ def test_untrained_coarse_with_prior_rejects_a_ghost():
     assert err < 0.25 * err_blended, (err, err_blended)
 
 
+def test_coarse_reads_a_neighbour_unwarped_behind_a_clipped_reference_where_its_flow_is_wrong():
+    """Where the reference is clipped the flow is inferred, not measured; flows that drag a
+    dark object over the bright background (here: 12 px off) must not darken the shipped
+    three-exposure CoarseNet's blend there: with ``unwarped_behind_clip`` the unwarped
+    neighbours, which agree with the clip, give the background's radiance."""
+    h, w = 32, 64
+    x = torch.arange(w, dtype=torch.float32).expand(h, w)
+    radiance = (0.15 + 0.03 * torch.sin(x / 5.0))[None] * torch.tensor([1.0, 0.85, 0.7])[:, None, None]
+    radiance[:, 8:24, 30:50] = torch.tensor([0.004, 0.005, 0.006])[:, None, None]  # dark, in every frame
+    expo = torch.tensor([[1.0, 4.0, 16.0, 4.0, 1.0]])
+    ldr = (radiance[None, None] * expo[..., None, None, None]).clamp(0, 1).pow(1 / 2.2)  # (1, 5, 3, H, W)
+    flows = torch.zeros(1, 4, 2, h, w)
+    flows[:, :, 0] = 12.0
+    band = (..., slice(8, 24), slice(18, 30))  # clipped background the misplaced object lands on
+    assert bool((ldr[0, 2][band].amax(0) >= 0.97).all())
+    nbrs = [0, 1, 3, 4]
+    warped = flow_warp(ldr[0, nbrs], flows[0]).unsqueeze(0)
+    read = CoarseNet._unwarped_behind_clip(ldr[:, 2], warped, ldr[:, nbrs], expo[:, 2], expo[:, nbrs])
+    assert torch.equal(read[band], ldr[:, nbrs][band])  # the background, unwarped
+    seen = (..., slice(8, 24), slice(42, 50))  # the object, which the reference sees unclipped
+    assert torch.equal(read[seen], warped[seen])
+    from infer.netrecon import default_weights
+
+    coarse = load_weights(default_weights(3)).coarse
+    ratio = {}
+    for on in (False, True):
+        coarse.unwarped_behind_clip = on
+        with torch.no_grad():
+            ratio[on] = (coarse(ldr, expo, flows)[0][band] / radiance[band]).mean().item()
+    assert abs(ratio[True] - 1.0) < 0.002 and ratio[False] < ratio[True], ratio  # without: 1 % too dark
+
+
 def test_untrained_residual_refine_returns_the_coarse_hdr():
     """RefineNet as a μ-law correction starts at the centre's coarse HDR; the paper's sigmoid
     output starts near 0.5 everywhere."""

@@ -13,7 +13,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from infer.net.flow import SpyFlowNet, flow_warp
-from infer.net.ops import SAT_END, check_shape, ldr_to_hdr, merge_prior, motion_edges
+from infer.net.ops import SAT_END, agreement, check_shape, ldr_to_hdr, merge_prior, motion_edges
 from infer.net.weights import WeightNet
 
 
@@ -36,14 +36,18 @@ class CoarseNet(nn.Module):
             external flows: the flow network is built for the paper's).
         motion_edges: the weight network also sees where each neighbour's flow breaks
             (``ops.motion_edges``, one channel a neighbour), a noise-free cue to occlusion.
+        unwarped_behind_clip: where the reference is clipped, a warped neighbour's pixel is
+            replaced by the unwarped one wherever that agrees better with the clip (the flow
+            there is inferred, not measured; as ``ClassicalConfig.unwarped_behind_clip``).
     """
 
     multiple = SpyFlowNet.multiple  # 16: five pyramid levels
 
     def __init__(self, exposures: int = 2, width: float = 1.0, learned_flow: bool = True,
                  weight_prior: bool = False, prior_per_channel: bool = False, frames: int | None = None,
-                 motion_edges: bool = False) -> None:
+                 motion_edges: bool = False, unwarped_behind_clip: bool = False) -> None:
         super().__init__()
+        self.unwarped_behind_clip = unwarped_behind_clip
         self.prior_per_channel = prior_per_channel
         self.exposures = exposures
         self.frames = frames or 2 * exposures - 1
@@ -84,6 +88,8 @@ class CoarseNet(nn.Module):
             check_shape(flows, "CoarseNet: flows", (b, n - 1, 2, h, w))
         nbr_ldr = ldr[:, nbrs]  # (b, n-1, 3, H, W)
         warped = flow_warp(nbr_ldr.flatten(0, 1), flows.flatten(0, 1)).view_as(nbr_ldr)
+        if self.unwarped_behind_clip:
+            warped = self._unwarped_behind_clip(ldr[:, c], warped, nbr_ldr, expo[:, c], expo[:, nbrs])
         images = torch.cat((ldr[:, c : c + 1], warped, nbr_ldr), dim=1)  # (b, 2n-1, 3, H, W)
         t = torch.cat((expo[:, c : c + 1], expo[:, nbrs], expo[:, nbrs]), dim=1)  # (b, 2n-1)
         hdrs = ldr_to_hdr(images, t)  # (b, 2n-1, 3, H, W)
@@ -98,3 +104,18 @@ class CoarseNet(nn.Module):
         if return_aux:
             return {"hdr": hdr, "flows": flows, "weights": weights}
         return hdr
+
+    @staticmethod
+    def _unwarped_behind_clip(ref: Tensor, warped: Tensor, unwarped: Tensor, t_ref: Tensor, t_nbr: Tensor) -> Tensor:
+        """``warped`` (b, k, 3, H, W) with the unwarped neighbour wherever the reference
+        (b, 3, H, W) is clipped and that agrees better with it (by 1e-3, not by rounding)."""
+        clipped = (ref.amax(dim=1, keepdim=True) >= SAT_END)[:, None]  # (b, 1, 1, H, W)
+        if not bool(clipped.any()):
+            return warped
+        b, k = warped.shape[:2]
+        t = torch.cat((t_ref[:, None], t_nbr), dim=1).to(ref.dtype)[..., None, None, None]  # (b, 1 + k, 1, 1, 1)
+        with torch.no_grad():
+            a_w = agreement(torch.cat((ref[:, None], warped), dim=1).clamp(0.0, 1.0), t)[:, 1:]
+            a_u = agreement(torch.cat((ref[:, None], unwarped), dim=1).clamp(0.0, 1.0), t)[:, 1:]
+        use = clipped & (a_u > a_w + 1e-3)  # (b, k, 1, H, W)
+        return torch.where(use, unwarped, warped)

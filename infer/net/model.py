@@ -84,6 +84,10 @@ class NetConfig:
             remaining error sits in a band of a few pixels around moving objects, where a
             short reference's noise hides the warped neighbours' misalignment from the
             weights. False in weights written before it existed.
+        unwarped_behind_clip: CoarseNet reads a neighbour unwarped where the reference is
+            clipped and that agrees better with it (``infer.net.coarse``); an input rule,
+            no weights, so it can be switched on for weights trained without it. False in
+            weights written before it existed.
         learned_denoise: the noise filter that ends the ``net`` method (``infer.denoise``, a
             bilateral filter) is followed by a learned correction of its output
             (``infer.net.noise``); False: the bilateral filter alone, as the classical merge.
@@ -105,6 +109,7 @@ class NetConfig:
     gate_motion_cue: bool = False
     coarse_window: int = 0
     motion_edges: bool = False
+    unwarped_behind_clip: bool = False
     learned_denoise: bool = False
     denoise_width: float = 1.0
 
@@ -171,7 +176,8 @@ class HDRNet(nn.Module):
         self.cfg = cfg = cfg or NetConfig()
         self.coarse = CoarseNet(cfg.exposures, cfg.width, learned_flow=cfg.flow == "learned",
                                 weight_prior=cfg.weight_prior, prior_per_channel=cfg.prior_per_channel,
-                                frames=cfg.coarse_frames, motion_edges=cfg.motion_edges)
+                                frames=cfg.coarse_frames, motion_edges=cfg.motion_edges,
+                                unwarped_behind_clip=cfg.unwarped_behind_clip)
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None

@@ -109,15 +109,31 @@ def merge_prior(images: Tensor, expo: Tensor, sat_start: float = SAT_START, sat_
         x = level.neg().add_(sat_end).div_(sat_end - sat_start).clamp_(0.0, 1.0)
         t = expo.to(ldr.dtype)[..., None, None, None]  # (b, n, 1, 1, 1)
         prior = (x * x).mul_(x.mul_(-2.0).add_(3.0)).mul_(t)  # x²(3 − 2x) t
-        grey = (ldr * ldr.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(dim=2, keepdim=True)
-        bright = torch.maximum(t, t[:, :1])
-        a = (grey[:, :1] * (bright / t[:, :1]).pow(1.0 / GAMMA)).clamp(max=1.0)
-        b = (grey * (bright / t).pow(1.0 / GAMMA)).clamp(max=1.0)
-        d = F.avg_pool2d((a - b).abs().flatten(0, 1), 3, 1, 1, count_include_pad=False).view_as(b)
-        gain = 0.5 + 0.5 * (bright / torch.minimum(t, t[:, :1])).pow(1.0 / GAMMA)
-        agree = torch.exp(-(d / (ghost_tol * gain)).square())
-        agree[:, 0] = 1.0
+        agree = agreement(ldr, t, ghost_tol)
         return prior.mul_(agree.add_(fallback)).add_(fallback / t**4)  # all clipped: the shortest wins
+
+
+def agreement(ldr: Tensor, t: Tensor, ghost_tol: float = GHOST_TOL) -> Tensor:
+    """Each image's agreement with image 0, the reference, as the classical merge's ghost
+    test: both brought to the brighter exposure (and clipped there, so a clipped reference
+    agrees with anything at least as bright), a 3×3 mean of the grey difference,
+    ``exp(-(d/tol)²)`` with the tolerance widened by the darker frame's amplified noise.
+
+    Args:
+        ldr: (b, n, 3, H, W) gamma values in [0, 1]. t: (b, n, 1, 1, 1) exposure times.
+
+    Returns:
+        (b, n, 1, H, W) in (0, 1]; 1 for the reference.
+    """
+    grey = (ldr * ldr.new_tensor([0.299, 0.587, 0.114])[:, None, None]).sum(dim=2, keepdim=True)
+    bright = torch.maximum(t, t[:, :1])
+    a = (grey[:, :1] * (bright / t[:, :1]).pow(1.0 / GAMMA)).clamp(max=1.0)
+    b = (grey * (bright / t).pow(1.0 / GAMMA)).clamp(max=1.0)
+    d = F.avg_pool2d((a - b).abs().flatten(0, 1), 3, 1, 1, count_include_pad=False).view_as(b)
+    gain = 0.5 + 0.5 * (bright / torch.minimum(t, t[:, :1])).pow(1.0 / GAMMA)
+    agree = torch.exp(-(d / (ghost_tol * gain)).square())
+    agree[:, 0] = 1.0
+    return agree
 
 
 def motion_edges(flows: Tensor) -> Tensor:
