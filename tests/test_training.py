@@ -319,11 +319,11 @@ def test_refine_stage_from_a_coarse_run_takes_only_coarsenet(tmp_path):
     assert not torch.allclose(got[last], coarse_run.state_dict()[last])
 
 
-@pytest.mark.parametrize("switch", ["mask_blend", "prior_per_channel"])
+@pytest.mark.parametrize("switch", ["mask_blend", "prior_per_channel", "unwarped_behind_clip"])
 def test_a_network_fine_tunes_across_parameter_free_switches(tmp_path, switch):
-    """--init weights trained with the mask blend and the brightest-channel prior into a run
-    without the blend, or with the per-channel prior: same parameters, so all are taken;
-    any other difference of architecture is refused."""
+    """--init weights trained with the mask blend, the brightest-channel prior or without the
+    unwarped reading behind a clip into a run that flips one: same parameters, so all are
+    taken; any other difference of architecture is refused."""
     Trainer(tiny_cfg(tmp_path / "a", stage="refine", steps=1)).run()
     path = tmp_path / "a" / "run" / "last.safetensors"
     flipped = {switch: not getattr(load_weights(path).cfg, switch)}

@@ -146,6 +146,9 @@ class TrainConfig:
     gate_motion_cue: bool = False  # NetConfig.gate_motion_cue: the gate also sees the neighbours' agreement alone
     coarse_window: int = 0  # NetConfig.coarse_window: 5 for two exposures (refine = false, flow = dis)
     motion_edges: bool = False  # NetConfig.motion_edges: CoarseNet's weights also see where the flows break
+    # NetConfig.unwarped_behind_clip: CoarseNet reads a neighbour unwarped behind a clipped
+    # reference where that agrees better (an input rule; the shipped weights have it on)
+    unwarped_behind_clip: bool = True
     # NetConfig.learned_denoise: a learned correction of the final noise filter; the denoise
     # stage trains it alone (the rest frozen), e2e trains it with CoarseNet and the gate
     learned_denoise: bool = False

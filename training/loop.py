@@ -124,7 +124,8 @@ class Trainer:
                                  prior_per_channel=cfg.prior_per_channel, classical_gate=cfg.classical_gate,
                                  refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue,
                                  coarse_window=cfg.coarse_window, motion_edges=cfg.motion_edges,
-                                 learned_denoise=cfg.learned_denoise, denoise_width=cfg.denoise_width)
+                                 learned_denoise=cfg.learned_denoise, denoise_width=cfg.denoise_width,
+                                 unwarped_behind_clip=cfg.unwarped_behind_clip)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
         if cfg.init:
@@ -166,7 +167,8 @@ class Trainer:
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
                     "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window,
                     "motion_edges": self.net_cfg.motion_edges, "learned_denoise": self.net_cfg.learned_denoise,
-                    "denoise_width": self.net_cfg.denoise_width}
+                    "denoise_width": self.net_cfg.denoise_width,
+                    "unwarped_behind_clip": self.net_cfg.unwarped_behind_clip}
             widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
             if widen:
                 free["width"] = self.net_cfg.width
