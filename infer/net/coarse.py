@@ -112,7 +112,6 @@ class CoarseNet(nn.Module):
         clipped = (ref.amax(dim=1, keepdim=True) >= SAT_END)[:, None]  # (b, 1, 1, H, W)
         if not bool(clipped.any()):
             return warped
-        b, k = warped.shape[:2]
         t = torch.cat((t_ref[:, None], t_nbr), dim=1).to(ref.dtype)[..., None, None, None]  # (b, 1 + k, 1, 1, 1)
         with torch.no_grad():
             a_w = agreement(torch.cat((ref[:, None], warped), dim=1).clamp(0.0, 1.0), t)[:, 1:]
