@@ -43,14 +43,8 @@ from infer.method import window_frames
 from infer.netrecon import NetReconstructor, default_weights
 from infer.stage import InferStage
 from preprocess.stage import PreprocessConfig, Preprocessor
-from hdrstream.pixfmt import pixel_format
-from training.splits import CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, regions, split_config
-
-# Scored besides the partition: the moving pixels where the reference is clipped in a channel.
-# The reference only bounds them; the truth has to come from neighbours that saw the moving
-# object elsewhere (the longest reference of a three-exposure cycle: ~40 % of either method's
-# error on the dynamic split in ~1.6 % of its pixels).
-SUBREGIONS = ("motion_clipped",)
+from training.splits import (CLIP_LEVEL, REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, SPLITS, SUBREGIONS, regions,
+                             split_config)
 
 
 VDP_PYTHON = Path(__file__).resolve().parent.parent / ".venv-vdp" / "bin" / "python"
@@ -83,8 +77,6 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
     for w in windows:
         gt = cam.ground_truth(w.seq)
         masks = regions(cam, w)
-        ref_codes = np.asarray(w.data[w.meta["ref"]])
-        masks["motion_clipped"] = masks["motion"] & (ref_codes.max(axis=2) >= CLIP_LEVEL * pixel_format(w.pixel_format).white)
         partial = partly_clipped(window_frames(w)[w.meta["ref"]], gt, t_min)
         gts.append(gt)
         for hdr in infer.process(w):

@@ -246,7 +246,7 @@ class ClassicalReconstructor:
             if clipped is not None and maps[j] is not None:
                 mat = mats[j] if mats is not None else None
                 self._unwarped_where_better(frames[j], mat, L_j, agree, clipped, flows.moved_region(j),
-                                            flows.moved.get(j) if mat is not None else None, g_ref, t_j, t_ref)
+                                            flows.moved.get(j), g_ref, t_j, t_ref)
             w = weight(L_j, t_j)
             if conf is not None:
                 for c in conf:

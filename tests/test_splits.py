@@ -51,6 +51,7 @@ def test_regions_partition_the_frame_and_motion_covers_the_objects():
     total = m["motion"].astype(int) + m["clipped"] + m["rest"]
     assert (total == 1).all()
     assert (m["motion"] >= (cam.occluder_alpha(windows[-1].seq) > 0.5)).all()
+    assert (m["motion_clipped"] <= m["motion"]).all()
 
 
 def test_dynamic_validation_set_is_cached_and_scores_classical_by_region(tmp_path):

@@ -519,7 +519,7 @@ def _sequence_samples(cfg: SimConfig, crop: int, count: int, flows: bool,
         ys, xs = np.nonzero(masks["motion"])
         rng = np.random.default_rng([cfg.seed, w.seq])
         if len(out) % 2:  # every other window where the reference clips, moving or not
-            ys, xs = np.nonzero(masks["clipped"] | masks["motion"] & (np.asarray(w.data[n // 2]).max(axis=2) >= 0.99))
+            ys, xs = np.nonzero(masks["clipped"] | masks["motion_clipped"])
         cy, cx = (ys.mean(), xs.mean()) if len(ys) else (cfg.height / 2, cfg.width / 2)
         cy, cx = cy + rng.uniform(-0.25, 0.25) * crop, cx + rng.uniform(-0.25, 0.25) * crop
         y0 = int(np.clip(round(cy - crop / 2), 0, cfg.height - crop))
