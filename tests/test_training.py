@@ -692,6 +692,48 @@ def test_the_learned_noise_filter_starts_as_the_bilateral_one_and_trains_alone(t
         tiny_cfg(tmp_path / "x", stage="denoise", flow="dis")
 
 
+def test_the_denoise_stage_trains_from_a_cache_of_the_frozen_network(tmp_path):
+    """training.denoise_cache: a chunk holds what the filter sees in a step of the live stream
+    (the same loss on the same batch), a run from the cache trains the filter alone, a
+    missing chunk is made again as it was, and no other stage takes a cache."""
+    from training.config import LossConfig
+    from training.denoise_cache import load_cache, make_cache
+    from training.losses import stage_loss
+
+    torch.manual_seed(0)
+    run = dict(flow="dis", classical_gate=True, refine=False, learned_denoise=True, denoise_width=0.25, lr=1e-2,
+               loss=LossConfig(norm="psnr", motion_weight=4.0, hue=0.5))
+    trainer = Trainer(tiny_cfg(tmp_path / "m", stage="denoise", **run))
+    with torch.no_grad():
+        trainer.model.noise.last.weight.normal_(0, 0.1)  # a filter that does something
+    make_cache(trainer, tmp_path / "cache", chunks=2, batches_per_chunk=1)
+    data = load_cache(tmp_path / "cache")
+    assert data["prefilter"].shape == (4, 3, CROP, CROP) and data["moved"].dtype == torch.bool
+
+    assert trainer.step == 0
+    live = trainer.to_device(next(iter(trainer.loader())))  # the stream's first batch
+    cached = {k: v[:2].float() if v.dtype != torch.bool else v[:2] for k, v in data.items()}
+    with torch.no_grad():
+        got = stage_loss("denoise", trainer.forward(cached), cached, trainer.cfg.loss)[0]
+        want = stage_loss("denoise", trainer.forward(live), live, trainer.cfg.loss)[0]
+    torch.testing.assert_close(got, want, rtol=2e-3, atol=1e-5)
+
+    first = (tmp_path / "cache" / "chunk-0001.npz").read_bytes()
+    (tmp_path / "cache" / "chunk-0001.npz").unlink()
+    make_cache(Trainer(tiny_cfg(tmp_path / "m2", stage="denoise", **run)), tmp_path / "cache", 2, 1)
+    again = load_cache(tmp_path / "cache")
+    torch.testing.assert_close(again["gt_ref"], data["gt_ref"])  # the same stream, from chunk 1's step on
+    assert (tmp_path / "cache" / "chunk-0001.npz").stat().st_size == len(first)
+
+    runner = Trainer(tiny_cfg(tmp_path / "r", stage="denoise", denoise_cache=str(tmp_path / "cache"), **run))
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    runner.run()
+    changed = {k for k, v in runner.model.state_dict().items() if not torch.equal(before[k], v)}
+    assert runner.step == 3 and changed and all(k.startswith("noise.") for k in changed)
+    with pytest.raises(ValueError, match="denoise_cache"):
+        tiny_cfg(tmp_path / "x", stage="e2e", denoise_cache=str(tmp_path / "cache"), **{**run, "loss": LossConfig()})
+
+
 def test_e2e_passes_the_final_gradient_straight_through_the_noise_filter(tmp_path):
     """With the filter in an e2e run, the network before it learns from the error the filter
     leaves, as if the filter were the identity (its true gradient lands on a few black pixels)."""

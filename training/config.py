@@ -153,6 +153,9 @@ class TrainConfig:
     # stage trains it alone (the rest frozen), e2e trains it with CoarseNet and the gate
     learned_denoise: bool = False
     denoise_width: float = 1.0  # NetConfig.denoise_width
+    # the denoise stage's training samples from a folder of the frozen network's outputs
+    # (training.denoise_cache), cropped to data.crop, instead of running the network each step
+    denoise_cache: str = ""
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise
@@ -196,6 +199,8 @@ class TrainConfig:
             raise ValueError("the gate stage trains the classical gate: set classical_gate = true")
         if self.stage == "denoise" and not self.learned_denoise:
             raise ValueError("the denoise stage trains the learned noise filter: set learned_denoise = true")
+        if self.denoise_cache and self.stage != "denoise":
+            raise ValueError(f"denoise_cache holds the denoise stage's inputs; the {self.stage} stage cannot use it")
         if self.exposures not in (2, 3):
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not 0.0 <= self.ema < 1.0:

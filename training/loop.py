@@ -42,6 +42,7 @@ from training.config import TrainConfig
 from training.data import (WindowStream, bench, centre_flows, collate, dynamic_validation_set, validation_set,
                            worker_context)
 from training.splits import REGIONS
+from training.denoise_cache import CachedBatches
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
 from training.widen import add_zero_inputs, extend_window, widen_state
@@ -228,6 +229,9 @@ class Trainer:
 
     def loader(self) -> DataLoader:
         cfg = self.cfg
+        if cfg.denoise_cache:  # the frozen network's outputs, made once (training.denoise_cache)
+            cached = CachedBatches(cfg.denoise_cache, cfg.batch_size, cfg.data.crop, cfg.seed, self.step)
+            return DataLoader(cached, batch_size=None, num_workers=0)
         stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step,
                               flows=cfg.flow == "dis", window=self.net_cfg.coarse_frames)
         # not fork: OpenCV's thread pool deadlocks in a forked child once the parent used it
@@ -238,9 +242,16 @@ class Trainer:
 
     # -- forward and loss ----------------------------------------------------------------
 
-    def forward(self, batch: dict[str, torch.Tensor], stage: str | None = None) -> dict[str, torch.Tensor]:
-        """Network outputs a stage needs; the coarse stage runs only CoarseNet (3 windows)."""
+    def forward(self, batch: dict[str, torch.Tensor], stage: str | None = None,
+                before_filter: bool = False) -> dict[str, torch.Tensor]:
+        """Network outputs a stage needs; the coarse stage runs only CoarseNet (3 windows).
+        ``before_filter``: the final HDR before the learned noise filter, with the noise level
+        it would get ("sigma"), as ``training.denoise_cache`` stores them. A cached batch
+        ("prefilter" in it) runs the learned filter alone."""
         stage = stage or self.cfg.stage
+        if "prefilter" in batch:
+            return {"hdr": self._filter_correction(batch["filtered"], batch["prefilter"], batch["t_ref"],
+                                                   batch["sigma"])}
         ldr, expo, flows = batch["ldr"], batch["expo"], batch.get("flows")  # flows: (B, 3, C-1, 2, H, W)
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
@@ -269,7 +280,9 @@ class Trainer:
             cue = (agree,) if self.model.gate.motion_cue else ()
             with torch.set_grad_enabled(stage != "denoise" and torch.is_grad_enabled()):
                 out["hdr"], out["gate"] = self.model.gate(out["hdr"], merged, conf, ldr[:, ldr.shape[1] // 2], *cue)
-        if self.model.noise is not None:
+        if before_filter:
+            out["sigma"] = sigma
+        elif self.model.noise is not None:
             out["hdr"] = self._learned_denoise(out["hdr"], expo[:, expo.shape[1] // 2].float(), sigma)
         return out
 
@@ -282,12 +295,21 @@ class Trainer:
         the filter leaves. The true path, through y = sqrt(H·t) and (noisy − filtered) / σ,
         put 90-100 % of its gradient on the darkest 0.1 % of pixels (H·t ~ 1e-4, σ at its
         floor) and an e2e run diverged from step ~500 on it."""
+        return self._filter_correction(self.bilateral(hdr, t_ref, sigma), hdr.detach(), t_ref, sigma) + (hdr - hdr.detach())
+
+    def bilateral(self, hdr: torch.Tensor, t_ref: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """The classical merge's noise filter of each HDR (B, 3, H, W), without gradient."""
         filtered = []
-        for h, t, s in zip(hdr.detach().cpu().numpy(), t_ref.cpu().tolist(), sigma.cpu().numpy()):
+        for h, t, s in zip(hdr.detach().float().cpu().numpy(), t_ref.cpu().tolist(), sigma.float().cpu().numpy()):
             f = self._classical.denoise(np.ascontiguousarray(h.transpose(1, 2, 0)), t, s[0] if s.any() else None)
             filtered.append(torch.from_numpy(np.ascontiguousarray(f.transpose(2, 0, 1))))
-        y = self.model.noise(to_y(torch.stack(filtered).to(hdr.device), t_ref), to_y(hdr.detach(), t_ref), sigma)
-        return from_y(y, t_ref) + (hdr - hdr.detach())
+        return torch.stack(filtered).to(hdr.device)
+
+    def _filter_correction(self, filtered: torch.Tensor, hdr: torch.Tensor, t_ref: torch.Tensor,
+                           sigma: torch.Tensor) -> torch.Tensor:
+        """The learned correction of the bilateral filter's ``filtered`` HDR, given the
+        unfiltered ``hdr``."""
+        return from_y(self.model.noise(to_y(filtered, t_ref), to_y(hdr, t_ref), sigma), t_ref)
 
     def _centre_coarse(self, ldr: torch.Tensor, expo: torch.Tensor, flows: torch.Tensor | None) -> torch.Tensor:
         """CoarseNet's HDR of the reference's own window (B, 3, H, W)."""

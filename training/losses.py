@@ -44,20 +44,28 @@ def coarse_loss(coarse: Tensor, gt: Tensor) -> Tensor:
 MOTION_TOL = 0.02  # μ-law difference of the ground truth that counts as motion
 
 
-def motion_weights(gt: Tensor, weight: float, ldr_ref: Tensor | None = None, clipped_weight: float = 0.0
-                   ) -> Tensor | None:
+def moved_mask(gt: Tensor) -> Tensor:
+    """(B, H, W) where the scene moves between the reference and its neighbours: ``gt``
+    (B, 3, 3, H, W) is the ground truth of frames i-1, i, i+1."""
+    t = mu_law(gt)
+    return torch.maximum((t[:, 0] - t[:, 1]).abs().amax(1), (t[:, 2] - t[:, 1]).abs().amax(1)) > MOTION_TOL
+
+
+def motion_weights(gt: Tensor | None, weight: float, ldr_ref: Tensor | None = None, clipped_weight: float = 0.0,
+                   moved: Tensor | None = None) -> Tensor | None:
     """(B, 1, H, W) per-pixel loss weights, 1 + ``weight`` where the scene moves between the
-    reference and its neighbours: ``gt`` (B, 3, 3, H, W) is the ground truth of frames i-1, i,
-    i+1; ``clipped_weight`` more where it moves and ``ldr_ref`` (B, 3, H, W, gamma values) is
+    reference and its neighbours (``moved``, or :func:`moved_mask` of ``gt``);
+    ``clipped_weight`` more where it moves and ``ldr_ref`` (B, 3, H, W, gamma values) is
     clipped in a channel. None when both weights are 0 (every pixel counts the same)."""
     if weight <= 0 and (clipped_weight <= 0 or ldr_ref is None):
         return None
-    t = mu_law(gt)
-    moved = torch.maximum((t[:, 0] - t[:, 1]).abs().amax(1), (t[:, 2] - t[:, 1]).abs().amax(1)) > MOTION_TOL
-    w = 1.0 + weight * moved.unsqueeze(1).to(gt.dtype)
+    if moved is None:
+        moved = moved_mask(gt)
+    dtype = gt.dtype if gt is not None else torch.float32
+    w = 1.0 + weight * moved.unsqueeze(1).to(dtype)
     if clipped_weight > 0 and ldr_ref is not None:
         clipped = (ldr_ref >= CLIP_LEVEL).any(1) & moved
-        w = w + clipped_weight * clipped.unsqueeze(1).to(gt.dtype)
+        w = w + clipped_weight * clipped.unsqueeze(1).to(dtype)
     return w
 
 
@@ -201,8 +209,14 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         lcfg: :class:`training.config.LossConfig`.
     """
     terms: dict[str, Tensor] = {}
-    ldr_ref = batch["ldr"][:, batch["ldr"].shape[1] // 2] if "ldr" in batch else None
-    w = motion_weights(batch["gt"], lcfg.motion_weight, ldr_ref, lcfg.clipped_motion_weight) if "gt" in batch else None
+    if "ldr_ref" in batch:  # a cached denoise batch (training.denoise_cache)
+        ldr_ref = batch["ldr_ref"]
+    else:
+        ldr_ref = batch["ldr"][:, batch["ldr"].shape[1] // 2] if "ldr" in batch else None
+    w = None
+    if "gt" in batch or "moved" in batch:  # a cached denoise batch carries the mask, not the neighbours
+        w = motion_weights(batch.get("gt"), lcfg.motion_weight, ldr_ref, lcfg.clipped_motion_weight,
+                           batch["moved"][:, 0] if "moved" in batch else None)
     if stage in ("gate", "denoise"):  # the final HDR, every pixel counts (the gate also acts where M = 1)
         terms[stage] = lcfg.refine * _weighted_error(out["hdr"], batch["gt_ref"], w, lcfg.norm)
     if stage in ("coarse", "e2e") and lcfg.coarse > 0:
@@ -219,9 +233,8 @@ def stage_loss(stage: str, out: dict[str, Tensor], batch: dict[str, Tensor], lcf
         if lcfg.perceptual != "none" and lcfg.perceptual_weight > 0:
             terms["perceptual"] = lcfg.perceptual_weight * perceptual(
                 out["hdr"], batch["gt_ref"], lcfg.perceptual, lcfg.scales)
-    if stage in ("gate", "denoise", "refine", "e2e") and lcfg.hue > 0 and "ldr" in batch:
-        n = batch["ldr"].shape[1]
-        terms["hue"] = lcfg.hue * hue_l1(out["hdr"], batch["gt_ref"], batch["ldr"][:, n // 2])
+    if stage in ("gate", "denoise", "refine", "e2e") and lcfg.hue > 0 and ldr_ref is not None:
+        terms["hue"] = lcfg.hue * hue_l1(out["hdr"], batch["gt_ref"], ldr_ref)
     if stage in ("gate", "denoise", "refine", "e2e") and lcfg.linear > 0:
         terms["linear"] = lcfg.linear * linear_l1(out["hdr"], batch["gt_ref"])
     if not terms:
