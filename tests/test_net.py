@@ -488,3 +488,36 @@ def test_merge_prior_is_its_formula():
     agree[:, 0] = 1.0
     want = (x * x * (3 - 2 * x) * t * (agree + FALLBACK) + FALLBACK / t**4).numpy()
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch", ["full", "half"])
+def test_both_learned_noise_filters_start_as_the_bilateral_filter_at_any_size(arch):
+    """infer.net.noise: either filter's last convolution starts at zero, so its output is the
+    bilateral filter's exactly; sizes that are no multiple of its own are padded and cropped."""
+    from infer.net.noise import noise_net
+
+    torch.manual_seed(0)
+    net = noise_net(arch, 0.25)
+    filtered, noisy = torch.rand(2, 3, 37, 22), torch.rand(2, 3, 37, 22)
+    sigma = torch.full((2, 1, 37, 22), 0.01)
+    assert torch.equal(net(filtered, noisy, sigma), filtered)
+    with torch.no_grad():
+        net.last.weight.normal_(0, 0.1)
+    out = net(filtered, noisy, sigma)
+    assert out.shape == filtered.shape and not torch.equal(out, filtered)
+    with pytest.raises(ValueError, match="denoise_arch"):
+        NetConfig(learned_denoise=True, denoise_arch="quarter")
+
+
+def test_the_half_resolution_filter_round_trips_and_older_files_read_as_full(tmp_path):
+    cfg = NetConfig(exposures=2, width=0.125, flow="dis", classical_gate=True, refine=False, learned_denoise=True,
+                    denoise_width=0.25, denoise_arch="half")
+    net = HDRNet(cfg)
+    with torch.no_grad():
+        net.noise.last.weight.normal_()
+    back = load_weights(save_weights(net, tmp_path / "half.safetensors", {}))
+    assert back.cfg.denoise_arch == "half" and type(back.noise).__name__ == "HalfResNoiseNet"
+    torch.testing.assert_close(back.noise.last.weight, net.noise.last.weight.half().float())
+    old = json.loads(cfg.to_json())
+    del old["denoise_arch"]  # a file from before the choice
+    assert NetConfig.from_json(json.dumps(old)).denoise_arch == "full"

@@ -775,3 +775,23 @@ def test_a_noise_filter_grafts_onto_another_network(tmp_path):
     assert got.meta["noise_filter_from"]["steps"] == 7
     with pytest.raises(ValueError, match="no learned noise filter"):
         graft_noise(tmp_path / "three.safetensors", tmp_path / "three.safetensors", tmp_path / "x.safetensors")
+
+
+def test_a_run_with_another_noise_filter_starts_it_fresh_and_keeps_the_rest(tmp_path):
+    """--init from weights whose learned filter has another shape (denoise_arch, denoise_width):
+    every other tensor is taken, the filter starts as the bilateral filter (zero correction)."""
+    from infer.net.model import HDRNet, NetConfig, save_weights
+
+    torch.manual_seed(0)
+    base = dict(width=0.125, flow="dis", classical_gate=True, refine=False, learned_denoise=True)
+    src = HDRNet(NetConfig(exposures=2, denoise_width=0.25, **base))
+    with torch.no_grad():
+        src.noise.last.weight.normal_()
+    path = save_weights(src, tmp_path / "full.safetensors", {"stage": "denoise"})
+    trainer = Trainer(tiny_cfg(tmp_path, stage="denoise", init=str(path), denoise_width=0.25, denoise_arch="half", **base))
+    assert type(trainer.model.noise).__name__ == "HalfResNoiseNet"
+    assert not trainer.model.noise.last.weight.any()
+    got = trainer.model.state_dict()
+    for k, v in src.state_dict().items():
+        if not k.startswith("noise."):
+            torch.testing.assert_close(got[k], v.half().float(), msg=k)

@@ -153,6 +153,7 @@ class TrainConfig:
     # stage trains it alone (the rest frozen), e2e trains it with CoarseNet and the gate
     learned_denoise: bool = False
     denoise_width: float = 1.0  # NetConfig.denoise_width
+    denoise_arch: str = "full"  # NetConfig.denoise_arch: "full" or "half" (resolution its U-Net starts at)
     # the denoise stage's training samples from a folder of the frozen network's outputs
     # (training.denoise_cache), cropped to data.crop, instead of running the network each step
     denoise_cache: str = ""

@@ -22,7 +22,8 @@ def graft_noise(noise_from: str | Path, into: str | Path, out: str | Path) -> Pa
     donor, net = load_weights(noise_from), load_weights(into)
     if donor.noise is None:
         raise ValueError(f"{noise_from}: this network has no learned noise filter (learned_denoise = false)")
-    model = HDRNet(replace(net.cfg, learned_denoise=True, denoise_width=donor.cfg.denoise_width))
+    model = HDRNet(replace(net.cfg, learned_denoise=True, denoise_width=donor.cfg.denoise_width,
+                           denoise_arch=donor.cfg.denoise_arch))
     state = {k: v for k, v in net.state_dict().items() if not k.startswith("noise.")}
     state.update({f"noise.{k}": v for k, v in donor.noise.state_dict().items()})
     model.load_state_dict(state)

@@ -126,6 +126,7 @@ class Trainer:
                                  refine=cfg.refine, gate_motion_cue=cfg.gate_motion_cue,
                                  coarse_window=cfg.coarse_window, motion_edges=cfg.motion_edges,
                                  learned_denoise=cfg.learned_denoise, denoise_width=cfg.denoise_width,
+                                 denoise_arch=cfg.denoise_arch,
                                  unwarped_behind_clip=cfg.unwarped_behind_clip)
         self._classical = None  # ClassicalReconstructor, for the gate's inputs
         self.model = HDRNet(self.net_cfg)
@@ -168,7 +169,7 @@ class Trainer:
                     "classical_gate": self.net_cfg.classical_gate, "refine": self.net_cfg.refine,
                     "gate_motion_cue": self.net_cfg.gate_motion_cue, "coarse_window": self.net_cfg.coarse_window,
                     "motion_edges": self.net_cfg.motion_edges, "learned_denoise": self.net_cfg.learned_denoise,
-                    "denoise_width": self.net_cfg.denoise_width,
+                    "denoise_width": self.net_cfg.denoise_width, "denoise_arch": self.net_cfg.denoise_arch,
                     "unwarped_behind_clip": self.net_cfg.unwarped_behind_clip}
             widen = src.cfg.width < self.net_cfg.width  # a capacity run from trained narrower weights
             if widen:
@@ -180,7 +181,14 @@ class Trainer:
             # nothing, the filter as the bilateral filter alone)
             fresh = [part for part in ("gate", "noise") if getattr(self.model, part) is not None
                      and getattr(src, part) is None]
+            if self.model.noise is not None and src.noise is not None and (
+                    (src.cfg.denoise_arch, src.cfg.denoise_width) != (self.net_cfg.denoise_arch, self.net_cfg.denoise_width)):
+                fresh.append("noise")  # another filter's shape: this run's starts as the bilateral filter
+                log.info("the learned noise filter starts fresh (%s, width %g; --init has %s, width %g)",
+                         self.net_cfg.denoise_arch, self.net_cfg.denoise_width, src.cfg.denoise_arch,
+                         src.cfg.denoise_width)
             for part in fresh:
+                state = {k: v for k, v in state.items() if not k.startswith(f"{part}.")}
                 state.update({f"{part}.{k}": v for k, v in getattr(self.model, part).state_dict().items()})
             if "gate" not in fresh and self.net_cfg.gate_motion_cue and not src.cfg.gate_motion_cue:
                 state = add_zero_inputs(state, "gate.conv1.weight", 1)  # the same gate at first

@@ -28,7 +28,7 @@ from torch import Tensor
 from hdrstream.hdrio import atomic_write
 from infer.net.coarse import CoarseNet
 from infer.net.gate import ClassicalGate
-from infer.net.noise import NoiseNet
+from infer.net.noise import DENOISE_ARCHS, noise_net
 from infer.net.ops import check_multiple, check_shape, well_exposed_mask
 from infer.net.refine import RefineFeatures, RefineNet
 
@@ -93,6 +93,9 @@ class NetConfig:
             (``infer.net.noise``); False: the bilateral filter alone, as the classical merge.
         denoise_width: that correction's channel multiplier (its own: denoising wants more
             channels than CoarseNet's weights at the widths a CPU trains).
+        denoise_arch: that correction's network, "full" (a U-Net from full resolution; in
+            files written before the choice existed) or "half" (the same from half
+            resolution: more depth for the same time, ``infer.net.noise``).
     """
 
     exposures: int = 2
@@ -112,6 +115,7 @@ class NetConfig:
     unwarped_behind_clip: bool = False
     learned_denoise: bool = False
     denoise_width: float = 1.0
+    denoise_arch: str = "full"
 
     def __post_init__(self) -> None:
         if self.flow not in FLOWS:
@@ -120,6 +124,8 @@ class NetConfig:
             raise ValueError(f"exposures must be 2 or 3, got {self.exposures}")
         if not self.width > 0 or not self.denoise_width > 0:
             raise ValueError(f"width and denoise_width must be positive, got {self.width}, {self.denoise_width}")
+        if self.denoise_arch not in DENOISE_ARCHS:
+            raise ValueError(f"denoise_arch must be one of {DENOISE_ARCHS}, got {self.denoise_arch!r}")
         if self.deform_groups < 1:
             raise ValueError(f"deform_groups must be ≥ 1, got {self.deform_groups}")
         paper = 2 * self.exposures - 1
@@ -181,7 +187,7 @@ class HDRNet(nn.Module):
         self.refine = RefineNet(cfg.width, cfg.deform_groups, cfg.refine_mulaw_input,
                                 residual=cfg.refine_residual)
         self.gate = ClassicalGate(motion_cue=cfg.gate_motion_cue) if cfg.classical_gate else None
-        self.noise = NoiseNet(cfg.denoise_width) if cfg.learned_denoise else None
+        self.noise = noise_net(cfg.denoise_arch, cfg.denoise_width) if cfg.learned_denoise else None
         self.meta: dict = {}  # filled by load_weights
 
     # -- checks ------------------------------------------------------------------------
