@@ -725,7 +725,8 @@ def test_the_denoise_stage_trains_from_a_cache_of_the_frozen_network(tmp_path):
     torch.testing.assert_close(again["gt_ref"], data["gt_ref"])  # the same stream, from chunk 1's step on
     assert (tmp_path / "cache" / "chunk-0001.npz").stat().st_size == len(first)
 
-    runner = Trainer(tiny_cfg(tmp_path / "r", stage="denoise", denoise_cache=str(tmp_path / "cache"), **run))
+    runner = Trainer(tiny_cfg(tmp_path / "r", stage="denoise", denoise_cache=str(tmp_path / "cache"), denoise_crop=16,
+                              **run))
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
     runner.run()
     changed = {k for k, v in runner.model.state_dict().items() if not torch.equal(before[k], v)}

@@ -155,8 +155,10 @@ class TrainConfig:
     denoise_width: float = 1.0  # NetConfig.denoise_width
     denoise_arch: str = "full"  # NetConfig.denoise_arch: "full" or "half" (resolution its U-Net starts at)
     # the denoise stage's training samples from a folder of the frozen network's outputs
-    # (training.denoise_cache), cropped to data.crop, instead of running the network each step
+    # (training.denoise_cache) instead of running the network each step, cropped at random
+    # to denoise_crop pixels (0: as cached)
     denoise_cache: str = ""
+    denoise_crop: int = 0
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise
