@@ -789,7 +789,8 @@ def test_a_run_with_another_noise_filter_starts_it_fresh_and_keeps_the_rest(tmp_
     with torch.no_grad():
         src.noise.last.weight.normal_()
     path = save_weights(src, tmp_path / "full.safetensors", {"stage": "denoise"})
-    trainer = Trainer(tiny_cfg(tmp_path, stage="denoise", init=str(path), denoise_width=0.25, denoise_arch="half", **base))
+    trainer = Trainer(tiny_cfg(tmp_path, stage="denoise", init=str(path), denoise_width=0.25, denoise_arch="half",
+                               **base))
     assert type(trainer.model.noise).__name__ == "HalfResNoiseNet"
     assert not trainer.model.noise.last.weight.any()
     got = trainer.model.state_dict()

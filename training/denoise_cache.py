@@ -2,16 +2,19 @@
 
 The denoise stage trains the learned noise filter alone (``NetConfig.learned_denoise``);
 everything before it is frozen, yet each step used to render the windows, run DIS flows,
-CoarseNet, the classical merge and the bilateral filter again: ~90 % of a step on a CPU, for
-inputs that do not change. ``make`` runs that once per sample and writes chunks of what the
+CoarseNet, the classical merge and the bilateral filter again, for inputs that do not change. ``make`` runs that once per sample and writes chunks of what the
 filter sees (the final HDR before it, the bilateral filter's output, the noise level, the
 reference frame, the ground truth and where the scene moves); ``--set denoise_cache=DIR``
-then trains from them, with a random flip, rotation and crop per batch. Validation still
-runs the whole network on the fixed validation sets.
+then trains from them, with a random flip, rotation and crop per batch: 1.7× the pixels a
+second on a 2-core CPU, where the filter's own pass is most of a step. Validation still runs
+the whole network on the fixed validation sets.
 
-    python -m training.denoise_cache --chunks 40 -- --config e2e2 --config cpu --stage denoise \\
-        --set learned_denoise=true --init infer/weights/hdrnet-2exp.safetensors --out out/dncache/2exp ...
+    python -m training.denoise_cache --chunks 40 -- --config e2e2 --config cpu --stage denoise \
+        --set flow=dis --set classical_gate=true --set refine=false --set learned_denoise=true \
+        --init infer/weights/hdrnet-2exp.safetensors --set seed=101 --out out/dncache/c2 ...
+    python -m training ... --stage denoise ... --set denoise_cache=out/dncache/c2 --set denoise_crop=96
 
+(the model card, infer/weights/README.md, has the commands in full).
 A chunk is ``batches_per_chunk`` training batches (the training stream's, from the chunk's
 first step), written whole or not at all; a run that stops resumes at the first missing one.
 """

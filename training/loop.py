@@ -41,8 +41,8 @@ from training import config as config_mod
 from training.config import TrainConfig
 from training.data import (WindowStream, bench, centre_flows, collate, dynamic_validation_set, validation_set,
                            worker_context)
-from training.splits import REGIONS
 from training.denoise_cache import CachedBatches
+from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
 from training.widen import add_zero_inputs, extend_window, widen_state
@@ -181,8 +181,9 @@ class Trainer:
             # nothing, the filter as the bilateral filter alone)
             fresh = [part for part in ("gate", "noise") if getattr(self.model, part) is not None
                      and getattr(src, part) is None]
-            if self.model.noise is not None and src.noise is not None and (
-                    (src.cfg.denoise_arch, src.cfg.denoise_width) != (self.net_cfg.denoise_arch, self.net_cfg.denoise_width)):
+            shape = (self.net_cfg.denoise_arch, self.net_cfg.denoise_width)
+            if (self.model.noise is not None and src.noise is not None
+                    and (src.cfg.denoise_arch, src.cfg.denoise_width) != shape):
                 fresh.append("noise")  # another filter's shape: this run's starts as the bilateral filter
                 log.info("the learned noise filter starts fresh (%s, width %g; --init has %s, width %g)",
                          self.net_cfg.denoise_arch, self.net_cfg.denoise_width, src.cfg.denoise_arch,
@@ -303,7 +304,8 @@ class Trainer:
         the filter leaves. The true path, through y = sqrt(H·t) and (noisy − filtered) / σ,
         put 90-100 % of its gradient on the darkest 0.1 % of pixels (H·t ~ 1e-4, σ at its
         floor) and an e2e run diverged from step ~500 on it."""
-        return self._filter_correction(self.bilateral(hdr, t_ref, sigma), hdr.detach(), t_ref, sigma) + (hdr - hdr.detach())
+        filtered = self.bilateral(hdr, t_ref, sigma)
+        return self._filter_correction(filtered, hdr.detach(), t_ref, sigma) + (hdr - hdr.detach())
 
     def bilateral(self, hdr: torch.Tensor, t_ref: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """The classical merge's noise filter of each HDR (B, 3, H, W), without gradient."""
