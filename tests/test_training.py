@@ -697,7 +697,8 @@ def test_the_denoise_stage_trains_from_a_cache_of_the_frozen_network(tmp_path):
     (the same loss on the same batch), a run from the cache trains the filter alone, a
     missing chunk is made again as it was, and no other stage takes a cache."""
     from training.config import LossConfig
-    from training.denoise_cache import load_cache, make_cache
+    from training.cached_batches import load_cache
+    from training.denoise_cache import make_cache
     from training.losses import stage_loss
 
     torch.manual_seed(0)

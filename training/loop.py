@@ -41,7 +41,7 @@ from training import config as config_mod
 from training.config import TrainConfig
 from training.data import (WindowStream, bench, centre_flows, collate, dynamic_validation_set, validation_set,
                            worker_context)
-from training.denoise_cache import CachedBatches
+from training.cached_batches import CachedBatches
 from training.splits import REGIONS
 from training.losses import stage_loss
 from training.sources import SKIMAGE_PHOTOS, photo_names
