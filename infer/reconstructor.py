@@ -10,8 +10,8 @@ KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 # The method used when none is named. The shipped CPU-trained networks beat classical on the
-# dynamic split of bench/quality.py by +1.27 to +1.29 dB PSNR-μ (2 exposures) and +0.48 to
-# +1.00 dB (3 exposures) and are level or better on the static one (second 2026-12-07
+# dynamic split of bench/quality.py by +1.45 to +1.49 dB PSNR-μ (2 exposures) and +0.66 to
+# +1.11 dB (3 exposures) and are level or better on the static one (third 2026-12-07
 # session), short of the +1.5 dB asked before the network
 # becomes the default, at ~8x classical's CPU time at 1536×813 (infer/weights/README.md);
 # --method net selects it.
