@@ -2,12 +2,13 @@
 
 The denoise stage trains the learned noise filter alone (``NetConfig.learned_denoise``);
 everything before it is frozen, yet each step used to render the windows, run DIS flows,
-CoarseNet, the classical merge and the bilateral filter again, for inputs that do not change. ``make`` runs that once per sample and writes chunks of what the
-filter sees (the final HDR before it, the bilateral filter's output, the noise level, the
-reference frame, the ground truth and where the scene moves); ``--set denoise_cache=DIR``
-then trains from them (``training.cached_batches``), with a random flip, rotation and crop per batch: 1.7× the pixels a
-second on a 2-core CPU, where the filter's own pass is most of a step. Validation still runs
-the whole network on the fixed validation sets.
+CoarseNet, the classical merge and the bilateral filter again, for inputs that do not
+change. ``make`` runs that once per sample and writes chunks of what the filter sees (the
+final HDR before it, the bilateral filter's output, the noise level, the reference frame,
+the ground truth and where the scene moves); ``--set denoise_cache=DIR`` then trains from
+them (``training.cached_batches``), with a random flip, rotation and crop per batch: 1.7× the
+pixels a second on a 2-core CPU, where the filter's own pass is most of a step. Validation
+still runs the whole network on the fixed validation sets.
 
     python -m training.denoise_cache --chunks 40 -- --config e2e2 --config cpu --stage denoise \
         --set flow=dis --set classical_gate=true --set refine=false --set learned_denoise=true \
