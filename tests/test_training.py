@@ -726,7 +726,16 @@ def test_the_denoise_stage_trains_from_a_cache_of_the_frozen_network(tmp_path):
     torch.testing.assert_close(again["gt_ref"], data["gt_ref"])  # the same stream, from chunk 1's step on
     assert (tmp_path / "cache" / "chunk-0001.npz").stat().st_size == len(first)
 
-    runner = Trainer(tiny_cfg(tmp_path / "r", stage="denoise", denoise_cache=str(tmp_path / "cache"), denoise_crop=16,
+    cache = tmp_path / "cache"
+    two = load_cache(f"{cache}, {cache}", max_chunks=1)  # several folders, the first chunk of each
+    torch.testing.assert_close(two["gt_ref"], torch.cat([data["gt_ref"][:2]] * 2))
+    other = tmp_path / "other"
+    other.mkdir()
+    np.savez(other / "chunk-0000.npz", **{k: np.zeros((1, 3, 8, 8), np.float16) for k in data})
+    with pytest.raises(ValueError, match="shape"):
+        load_cache(f"{cache},{other}")
+
+    runner = Trainer(tiny_cfg(tmp_path / "r", stage="denoise", denoise_cache=str(cache), denoise_crop=16,
                               **run))
     before = {k: v.clone() for k, v in runner.model.state_dict().items()}
     runner.run()

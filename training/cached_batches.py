@@ -23,20 +23,34 @@ def chunk_path(out: Path, index: int) -> Path:
     return out / f"chunk-{index:04d}.npz"
 
 
-def load_cache(folder: str | Path) -> dict[str, torch.Tensor]:
-    """Every chunk of ``folder`` in one set of tensors (as stored). Raises FileNotFoundError
-    without any, ValueError for a chunk that lacks a key."""
-    paths = sorted(Path(folder).glob(CHUNK_GLOB))
-    if not paths:
-        raise FileNotFoundError(f"no denoise cache chunks ({CHUNK_GLOB}) in {folder}: make them with "
-                                "python -m training.denoise_cache")
+def cache_folders(spec: str | Path) -> list[Path]:
+    """The folders of a ``denoise_cache`` setting: one, or several separated by commas (a
+    two- and a three-exposure cache, say)."""
+    folders = [Path(f.strip()) for f in str(spec).split(",") if f.strip()]
+    if not folders:
+        raise ValueError("denoise_cache names no folder")
+    return folders
+
+
+def load_cache(folder: str | Path, max_chunks: int = 0) -> dict[str, torch.Tensor]:
+    """Every chunk of ``folder`` (or of each comma-separated folder, at most ``max_chunks`` of
+    each: 0 all) in one set of tensors, as stored. Raises FileNotFoundError for a folder
+    without chunks, ValueError for a chunk that lacks a key or has another sample size."""
     parts: dict[str, list[np.ndarray]] = {k: [] for k in KEYS}
-    for p in paths:
-        with np.load(p) as z:
-            if set(KEYS) - set(z.files):
-                raise ValueError(f"{p}: not a denoise cache chunk (keys {sorted(z.files)})")
-            for k in KEYS:
-                parts[k].append(z[k])
+    for f in cache_folders(folder):
+        paths = sorted(f.glob(CHUNK_GLOB))
+        if not paths:
+            raise FileNotFoundError(f"no denoise cache chunks ({CHUNK_GLOB}) in {f}: make them with "
+                                    "python -m training.denoise_cache")
+        for p in paths[:max_chunks or None]:
+            with np.load(p) as z:
+                if set(KEYS) - set(z.files):
+                    raise ValueError(f"{p}: not a denoise cache chunk (keys {sorted(z.files)})")
+                if parts["gt_ref"] and z["gt_ref"].shape[1:] != parts["gt_ref"][0].shape[1:]:
+                    raise ValueError(f"{p}: samples of shape {z['gt_ref'].shape[1:]}, the cache's first "
+                                     f"chunk has {parts['gt_ref'][0].shape[1:]}")
+                for k in KEYS:
+                    parts[k].append(z[k])
     return {k: torch.from_numpy(np.concatenate(v)) for k, v in parts.items()}
 
 
@@ -44,9 +58,10 @@ class CachedBatches(IterableDataset):
     """Endless training batches drawn from a denoise cache, each with one random flip,
     rotation and ``crop`` (0: whole samples); reproducible from ``seed`` and ``start_step``."""
 
-    def __init__(self, folder: str | Path, batch_size: int, crop: int = 0, seed: int = 0, start_step: int = 0):
+    def __init__(self, folder: str | Path, batch_size: int, crop: int = 0, seed: int = 0, start_step: int = 0,
+                 max_chunks: int = 0):
         super().__init__()
-        self.data = load_cache(folder)
+        self.data = load_cache(folder, max_chunks)
         self.batch_size, self.crop, self.seed, self.start_step = batch_size, crop, seed, start_step
         self.size = self.data["gt_ref"].shape[-1]
         if self.crop > self.size or min(self.data["gt_ref"].shape[-2:]) != self.size:

@@ -156,9 +156,12 @@ class TrainConfig:
     denoise_arch: str = "full"  # NetConfig.denoise_arch: "full" or "half" (resolution its U-Net starts at)
     # the denoise stage's training samples from a folder of the frozen network's outputs
     # (training.denoise_cache) instead of running the network each step, cropped at random
-    # to denoise_crop pixels (0: as cached)
+    # to denoise_crop pixels (0: as cached); several folders separated by commas (a two- and a
+    # three-exposure cache for one filter), at most denoise_cache_chunks chunks of each (0: all;
+    # a chunk of 64 windows of 128² takes ~226 MB of memory)
     denoise_cache: str = ""
     denoise_crop: int = 0
+    denoise_cache_chunks: int = 0
     steps: int = 40_000  # total optimiser steps of this stage
     # decay of an exponential moving average of the trained weights, which validation, the
     # best checkpoint and the exported files use (0: off). At CPU batch sizes a step's noise
@@ -202,6 +205,8 @@ class TrainConfig:
             raise ValueError("the gate stage trains the classical gate: set classical_gate = true")
         if self.stage == "denoise" and not self.learned_denoise:
             raise ValueError("the denoise stage trains the learned noise filter: set learned_denoise = true")
+        if self.denoise_cache_chunks < 0:
+            raise ValueError(f"denoise_cache_chunks must be >= 0 (0: all), got {self.denoise_cache_chunks}")
         if self.denoise_cache and self.stage != "denoise":
             raise ValueError(f"denoise_cache holds the denoise stage's inputs; the {self.stage} stage cannot use it")
         if self.exposures not in (2, 3):

@@ -239,7 +239,8 @@ class Trainer:
     def loader(self) -> DataLoader:
         cfg = self.cfg
         if cfg.denoise_cache:  # the frozen network's outputs, made once (training.denoise_cache)
-            cached = CachedBatches(cfg.denoise_cache, cfg.batch_size, cfg.denoise_crop, cfg.seed, self.step)
+            cached = CachedBatches(cfg.denoise_cache, cfg.batch_size, cfg.denoise_crop, cfg.seed, self.step,
+                                   cfg.denoise_cache_chunks)
             return DataLoader(cached, batch_size=None, num_workers=0)
         stream = WindowStream(cfg.data, cfg.exposures, cfg.seed, cfg.batch_size, start_step=self.step,
                               flows=cfg.flow == "dis", window=self.net_cfg.coarse_frames)
