@@ -71,7 +71,7 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
                 rec.weights = {cfg.exposures: Path(weights)}
     windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
     t_min = min(cam.exposure_cycle)
-    rows: dict[str, dict[str, list]] = {m: {"psnr_mu": [], "psnr_l": [], "s": [], "pred": [], "hue": [],
+    rows: dict[str, dict[str, list]] = {m: {"psnr_mu": [], "psnr_l": [], "s": [], "pred": [], "hue": [], "ref_x": [],
                                             **{f"sse_{r}": [] for r in REGIONS + SUBREGIONS}} for m in methods}
     gts = []
     for w in windows:
@@ -86,6 +86,7 @@ def evaluate(cfg: SimConfig, methods: list[str], weights: str = "",
             r["pred"].append(pred)
             r["s"].append(hdr.meta["timing"]["infer"])
             r["psnr_mu"].append(quality.psnr_mu(pred, gt, t_min))
+            r["ref_x"].append(round(float(w.meta["exposures"][w.meta["ref"]]) / t_min))
             r["psnr_l"].append(quality.psnr_l(pred, gt, t_min))
             for name, mask in masks.items():
                 r[f"sse_{name}"].append(quality.mu_sq_error(pred, gt, t_min, mask))
@@ -151,6 +152,23 @@ def summarise(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
     return out
 
 
+def by_reference(rows: dict[str, dict[str, list]]) -> dict[str, dict[int, dict[str, float]]]:
+    """The frames of each reference exposure (×1, ×4, ... of the cycle's shortest) apart: a
+    method can win on average and not where the reference is the short, noisy frame."""
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for m, r in rows.items():
+        xs = np.asarray(r["ref_x"])
+        out[m] = {}
+        for x in sorted(set(r["ref_x"])):
+            pick = np.flatnonzero(xs == x)
+            s = {"frames": float(len(pick)), "psnr_mu": float(np.mean(np.asarray(r["psnr_mu"])[pick]))}
+            for name in REGIONS + SUBREGIONS:
+                sse = [r[f"sse_{name}"][i] for i in pick]
+                s[f"psnr_mu_{name}"] = quality.pooled_psnr(sum(e for e, _ in sse), sum(k for _, k in sse))
+            out[m][int(x)] = s
+    return out
+
+
 def _parse_value(text: str) -> object:
     """A command-line value as the Python literal it spells (int, float, bool, None), else the text."""
     try:
@@ -181,6 +199,8 @@ def main() -> None:
     ap.add_argument("--classical", action="append", default=[], metavar="KEY=VALUE",
                     help="a ClassicalConfig field for the classical merge, the network's gate and noise filter included (repeatable), e.g. flow_max_px=512")
     ap.add_argument("--no-denoise", action="store_true", help="the methods without their noise filter (infer/denoise.py)")
+    ap.add_argument("--by-reference", action="store_true",
+                    help="also the figures of each reference exposure's frames apart (PSNR-mu, motion, rest, m-clip)")
     a = ap.parse_args()
     classical = None
     if a.classical:
@@ -218,10 +238,13 @@ def main() -> None:
                         kept.append(keep)
                 jods = vdp_scores(kept, fps=base.fps) if a.vdp else {}
             table = summarise(rows)
+            per_ref = by_reference(rows) if a.by_reference else {}
             for m, v in jods.items():
                 table[m]["jod"] = float(np.mean(v))
                 table[m]["jod_min"] = float(np.min(v))
             report[f"{split}/{n_exp}"] = table
+            if per_ref:
+                report[f"{split}/{n_exp}/by_reference"] = {m: {f"x{x}": v for x, v in d.items()} for m, d in per_ref.items()}
             print(f"\n{split} split, {n_exp} exposures: {a.seeds} sequences x {a.frames} frames, "
                   f"{a.width}x{a.height} {a.pixel_format}, warp {a.warp}" + (", no denoise" if a.no_denoise else "")
                   + (f", classical {' '.join(a.classical)}" if a.classical else ""))
@@ -232,6 +255,12 @@ def main() -> None:
                 print(f"  {m:10s} {t['psnr_mu']:8.2f} {t['psnr_mu_motion']:8.2f} {t['psnr_mu_clipped']:8.2f} "
                       f"{t['psnr_mu_rest']:8.2f} {t['psnr_mu_motion_clipped']:8.2f} {t['psnr_l']:8.2f} {t['flicker']:8.4f} {t['hue']:7.4f} "
                       f"{t.get('worst_vs_classical', math.nan):8.2f} {t['ms']:9.1f}" + (f" {t['jod']:6.2f}" if a.vdp else ""))
+            if per_ref:
+                print("  by reference exposure: PSNR-mu / motion / rest / m-clip")
+                for m in methods:
+                    print(f"  {m:10s} " + "   ".join(
+                        f"x{x}: {v['psnr_mu']:.2f} / {v['psnr_mu_motion']:.2f} / {v['psnr_mu_rest']:.2f} / "
+                        f"{v['psnr_mu_motion_clipped']:.2f}" for x, v in per_ref[m].items()))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"args": vars(a), "figures": report}, indent=1))
