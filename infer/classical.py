@@ -11,7 +11,11 @@ Kalantari et al. 2013:
    it is mostly estimation noise, and resampling by it would blur and jitter texture.
    Where the exposure-matched reference is clipped there is nothing to match; there the
    flow comes from the neighbour and its same-exposure partner on the other side of the
-   reference, assuming constant motion (Kang et al.), or is filled in from around.
+   reference, assuming constant motion (Kang et al.), or is filled in from around. Where
+   the reference is the darker frame, its brightened copy carries its noise times the
+   exposure ratio, and the flow to it misses moving texture; the pair's motion, measured
+   between two clean frames, is then tried too, and each pixel keeps the flow that warps
+   the neighbour closer to the reference over a small window (``pair_flow_dark``).
 2. All frames are merged in linear radiance H = L^2.2 / t. A frame's weight is its
    signal-to-noise proxy t^p (longer exposures are cleaner) times a roll-off that drops
    saturated pixels, times a *ghost* term that drops a warped neighbour where, brought to
@@ -70,6 +74,10 @@ class ClassicalConfig:
     zero_bias: float = 0.005  # keep flow only where it lowers mean |ΔL| by this (0: always)
     flow_sat: float = 0.96  # exposure-matched reference at or above this: no flow from it
     pair_flow: bool = True  # flow in clipped regions from the same-exposure partner
+    # where the reference is the darker frame, also the partner pair's motion (with pair_flow),
+    # kept per pixel where it warps better (README "Motion from the clean pair")
+    pair_flow_dark: bool = True
+    pair_flow_window: int = 9  # pixels a side of the window that compares the two flows (odd)
     # where the reference is clipped, read a neighbour unwarped (preprocess's global alignment
     # only) wherever that agrees better with the clip than its flow does (see _merge_frames)
     unwarped_behind_clip: bool = True
@@ -103,6 +111,8 @@ class ClassicalConfig:
             raise ValueError(f"keep_reference must be auto|never|longest|always, got {self.keep_reference!r}")
         if not 0.0 <= self.sat_start < self.sat_end <= 1.0:
             raise ValueError(f"need 0 <= sat_start < sat_end <= 1, got {self.sat_start}, {self.sat_end}")
+        if self.pair_flow_window < 1 or self.pair_flow_window % 2 == 0:
+            raise ValueError(f"pair_flow_window must be odd and positive, got {self.pair_flow_window}")
         if self.ghost_tol <= 0 or self.flow_max_px < 1:
             raise ValueError("ghost_tol and flow_max_px must be positive")
         if self.denoise < 0 or self.denoise_px < 1 or self.denoise_px % 2 == 0:
@@ -556,15 +566,20 @@ class _Flows:
         if cfg.zero_bias > 0:
             flow *= _flow_needed(flow, a, b, cfg.zero_bias * _noise_gain(self.t[ref], self.t[j]))[..., None]
         valid = cv2.erode((a < np.uint8(round(255 * cfg.flow_sat))).astype(np.uint8), np.ones((5, 5), np.uint8))
+        p = self._partner(j) if cfg.pair_flow else None
+        dark = cfg.pair_flow_dark and self.t[ref] < self.t[j] and not _same(self.t[ref], self.t[j])
+        if p is not None and dark:
+            flow = _better_flow(flow, self._paired(j, p), a, b, cfg.pair_flow_window)
         if valid.all():
             return flow
         valid = valid.astype(bool)[..., None]
-        p = self._partner(j) if cfg.pair_flow else None
-        if p is None:
-            fill = _fill_from_valid(flow, valid[..., 0])
-        else:  # constant motion: ref -> j is (j - ref) frames of the j -> p motion per frame
-            fill = self._pair_flow(j, p) * np.float32((j - ref) / (p - j))
+        fill = _fill_from_valid(flow, valid[..., 0]) if p is None else self._paired(j, p)
         return np.where(valid, flow, fill)
+
+    def _paired(self, j: int, p: int) -> np.ndarray:
+        """Working-size ref -> j flow from the j -> p motion, assuming it is constant: (j - ref)
+        frames of (p - j) frames' motion."""
+        return self._pair_flow(j, p) * np.float32((j - self.ref) / (p - j))
 
     def _partner(self, j: int) -> int | None:
         """The frame nearest the reference on its other side with j's exposure, if any."""
@@ -599,6 +614,20 @@ def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) ->
     keep = (e_zero - e_flow) * np.float32(1.0 / (255.0 * bias)) - np.float32(1.0)
     np.clip(keep, 0.0, 1.0, out=keep)
     return cv2.blur(keep, k)
+
+
+def _better_flow(flow: np.ndarray, other: np.ndarray, a: np.ndarray, b: np.ndarray, window: int) -> np.ndarray:
+    """Per pixel, ``flow`` or ``other``: whichever warps ``b`` closer to ``a`` in mean absolute
+    difference over ``window``² pixels (the noise of a brightened dark frame averages out)."""
+    gx, gy = _grid(*a.shape)
+    af = a.astype(np.float32)
+    k = (window, window)
+
+    def error(f: np.ndarray) -> np.ndarray:
+        bw = cv2.remap(b, f[..., 0] + gx, f[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return cv2.blur(cv2.absdiff(af, bw.astype(np.float32)), k)
+
+    return np.where((error(other) < error(flow))[..., None], other, flow)
 
 
 def _sub_box(mask: np.ndarray, box: tuple[slice, slice]) -> tuple[slice, slice] | None:
