@@ -10,8 +10,8 @@ KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 # The method used when none is named. The shipped CPU-trained networks beat classical on the
-# dynamic split of bench/quality.py by +1.51 to +1.60 dB PSNR-μ (2 exposures) but +0.75 to
-# +1.15 dB (3 exposures) and are level or better on the static one (fourth 2026-12-07
+# dynamic split of bench/quality.py by +1.67 to +1.98 dB PSNR-μ (2 exposures) but +1.09 to
+# +1.30 dB (3 exposures) and are level or better on the static one (fourth 2026-12-07
 # session), short of the +1.5 dB asked of both cycles before the network
 # becomes the default, at ~8x classical's CPU time at 1536×813 (infer/weights/README.md);
 # --method net selects it.
