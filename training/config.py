@@ -158,7 +158,7 @@ class TrainConfig:
     # (training.denoise_cache) instead of running the network each step, cropped at random
     # to denoise_crop pixels (0: as cached); several folders separated by commas (a two- and a
     # three-exposure cache for one filter), at most denoise_cache_chunks chunks of each (0: all;
-    # a chunk of 64 windows of 128² takes ~226 MB of memory)
+    # a chunk, 64 batches of 8 windows of 128², takes ~226 MB of memory)
     denoise_cache: str = ""
     denoise_crop: int = 0
     denoise_cache_chunks: int = 0
