@@ -15,6 +15,8 @@ still runs the whole network on the fixed validation sets.
         --init infer/weights/hdrnet-2exp.safetensors --set seed=101 --out out/dncache/c2 ...
     python -m training ... --stage denoise ... --set denoise_cache=out/dncache/c2 --set denoise_crop=96
 
+Several caches train one filter: ``--set denoise_cache=out/dncache/c2,out/dncache/c3 --set
+denoise_cache_chunks=20`` (a two- and a three-exposure one, the first 20 chunks of each)
 (the model card, infer/weights/README.md, has the commands in full).
 A chunk is ``batches_per_chunk`` training batches (the training stream's, from the chunk's
 first step), written whole or not at all; a run that stops resumes at the first missing one.
