@@ -606,10 +606,8 @@ def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) ->
     ``bias`` is in grey units ([0, 1]): how much lower the flow must bring the local mean
     absolute difference before it is trusted.
     """
-    gx, gy = _grid(*a.shape)
-    bw = cv2.remap(b, flow[..., 0] + gx, flow[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     k = (7, 7)
-    e_flow = cv2.blur(cv2.absdiff(a, bw).astype(np.float32), k)
+    e_flow = _warp_error(a, b, flow, k)
     e_zero = cv2.blur(cv2.absdiff(a, b).astype(np.float32), k)
     keep = (e_zero - e_flow) * np.float32(1.0 / (255.0 * bias)) - np.float32(1.0)
     np.clip(keep, 0.0, 1.0, out=keep)
@@ -619,15 +617,16 @@ def _flow_needed(flow: np.ndarray, a: np.ndarray, b: np.ndarray, bias: float) ->
 def _better_flow(flow: np.ndarray, other: np.ndarray, a: np.ndarray, b: np.ndarray, window: int) -> np.ndarray:
     """Per pixel, ``flow`` or ``other``: whichever warps ``b`` closer to ``a`` in mean absolute
     difference over ``window``² pixels (the noise of a brightened dark frame averages out)."""
-    gx, gy = _grid(*a.shape)
-    af = a.astype(np.float32)
     k = (window, window)
+    return np.where((_warp_error(a, b, other, k) < _warp_error(a, b, flow, k))[..., None], other, flow)
 
-    def error(f: np.ndarray) -> np.ndarray:
-        bw = cv2.remap(b, f[..., 0] + gx, f[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return cv2.blur(cv2.absdiff(af, bw.astype(np.float32)), k)
 
-    return np.where((error(other) < error(flow))[..., None], other, flow)
+def _warp_error(a: np.ndarray, b: np.ndarray, flow: np.ndarray, k: tuple[int, int]) -> np.ndarray:
+    """Mean absolute difference of uint8 greys ``a`` and ``b`` warped by ``flow`` (a(x) vs
+    b(x + flow(x))) over a ``k`` box, float32 (H, W)."""
+    gx, gy = _grid(*a.shape)
+    bw = cv2.remap(b, flow[..., 0] + gx, flow[..., 1] + gy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return cv2.blur(cv2.absdiff(a, bw).astype(np.float32), k)
 
 
 def _sub_box(mask: np.ndarray, box: tuple[slice, slice]) -> tuple[slice, slice] | None:
