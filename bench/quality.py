@@ -140,8 +140,7 @@ def summarise(rows: dict[str, dict[str, list]]) -> dict[str, dict[str, float]]:
     for m, r in rows.items():
         s = {k: float(np.mean(r[k])) for k in ("psnr_mu", "psnr_l")}
         for name in REGIONS + SUBREGIONS:
-            s[f"psnr_mu_{name}"] = quality.pooled_psnr(sum(e for e, _ in r[f"sse_{name}"]),
-                                                       sum(k for _, k in r[f"sse_{name}"]))
+            s[f"psnr_mu_{name}"] = _pooled(r[f"sse_{name}"])
         hue_n = sum(k for _, k in r["hue"])
         s["hue"] = sum(e for e, _ in r["hue"]) / hue_n if hue_n else math.nan
         s["flicker"] = float(np.mean(r["flicker"])) if r["flicker"] else math.nan
@@ -163,10 +162,14 @@ def by_reference(rows: dict[str, dict[str, list]]) -> dict[str, dict[int, dict[s
             pick = np.flatnonzero(xs == x)
             s = {"frames": float(len(pick)), "psnr_mu": float(np.mean(np.asarray(r["psnr_mu"])[pick]))}
             for name in REGIONS + SUBREGIONS:
-                sse = [r[f"sse_{name}"][i] for i in pick]
-                s[f"psnr_mu_{name}"] = quality.pooled_psnr(sum(e for e, _ in sse), sum(k for _, k in sse))
+                s[f"psnr_mu_{name}"] = _pooled([r[f"sse_{name}"][i] for i in pick])
             out[m][int(x)] = s
     return out
+
+
+def _pooled(sse: list[tuple[float, int]]) -> float:
+    """PSNR-μ of (sum of squared errors, values) pairs pooled over frames."""
+    return quality.pooled_psnr(sum(e for e, _ in sse), sum(k for _, k in sse))
 
 
 def _parse_value(text: str) -> object:
