@@ -138,6 +138,24 @@ def test_validation_set_is_disjoint_from_training(tmp_path):
     assert {float(e[2]) == float(e.min()) for e in data["expo"]} == {True, False}  # short and long refs
 
 
+
+def test_a_change_to_the_flows_invalidates_the_cached_validation_sets(monkeypatch):
+    """The cached windows hold DIS flows: a set cached before the flow settings changed must
+    be made again, not validate a network on flows it no longer gets."""
+    from infer.classical import ClassicalConfig, ClassicalReconstructor
+    from training import data as data_mod
+
+    before = data_mod.validation_key(small_data(), 2, 4, CROP, VAL_SEED_BASE, flows=True)
+    assert data_mod.validation_key(small_data(), 2, 4, CROP, VAL_SEED_BASE, flows=False) != before
+
+    class OtherFlows(data_mod.WindowFlows):
+        def __init__(self) -> None:
+            super().__init__(ClassicalReconstructor(ClassicalConfig(pair_flow_dark=False)))
+
+    monkeypatch.setattr(data_mod, "WindowFlows", OtherFlows)
+    assert data_mod.validation_key(small_data(), 2, 4, CROP, VAL_SEED_BASE, flows=True) != before
+
+
 # -- losses --------------------------------------------------------------------------------
 
 

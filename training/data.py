@@ -370,10 +370,17 @@ def validation_key(dcfg: DataConfig, exposures: int, size: int, crop: int, seed:
                    window: int = 0) -> str:
     spec = {"data": asdict(dcfg), "e": exposures, "n": size, "crop": crop, "seed": seed, "v": 1}
     if flows:
-        spec["flows"] = "dis"
+        spec["flows"] = _flow_spec()
     spec.update(_window_spec(exposures, flows, window))
     text = json.dumps(spec, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def _flow_spec() -> dict:
+    """A validation cache key's entry for the stored DIS flows: the classical settings that
+    make them, so that a set cached before a change to the flows is made again, not reused
+    with flows that training and ``net`` no longer compute."""
+    return {"dis": asdict(WindowFlows().classical.cfg)}
 
 
 def _window_spec(exposures: int, flows: bool, window: int) -> dict[str, int]:
@@ -467,7 +474,7 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     error and value count in each (see :func:`classical_region_scores`).
     """
     spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
-            "offset": DYNAMIC_VAL_OFFSET, "flows": flows, "v": 2, **_window_spec(exposures, flows, window)}
+            "offset": DYNAMIC_VAL_OFFSET, "flows": _flow_spec() if flows else False, "v": 2, **_window_spec(exposures, flows, window)}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
 
