@@ -39,21 +39,17 @@ def reference_noise(frames: np.ndarray, exposures: Sequence[float], ref: int,
     average its noise away)."""
     t_ref = float(exposures[ref])
     same = [j for j in range(len(exposures)) if j != ref and abs(exposures[j] - t_ref) <= EXPOSURE_TOL * t_ref]
-    if not same:
-        return None
-    j = min(same, key=lambda k: abs(k - ref))
     h, w = frames.shape[1:3]
     step = max(1, int(np.sqrt(h * w / _SAMPLES)))  # a grid of ~_SAMPLES pixels is plenty for a spread
     a = np.ascontiguousarray(frames[ref][::step, ::step], np.float32)
-    M = mats[j] if mats is not None else None
-    if M is None:
-        b = np.ascontiguousarray(frames[j][::step, ::step], np.float32)
-    else:  # the grid's pixels in frame j's own, nearest: ref(p) = frame_j(M^-1 p)
-        gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)
-        inv = cv2.invertAffineTransform(np.asarray(M, np.float64)).astype(np.float32)
-        x = np.rint(inv[0, 0] * gx + inv[0, 1] * gy + inv[0, 2]).astype(np.intp).clip(0, w - 1)
-        y = np.rint(inv[1, 0] * gx + inv[1, 1] * gy + inv[1, 2]).astype(np.intp).clip(0, h - 1)
-        b = np.asarray(frames[j], np.float32)[y, x]
+    for j in sorted(same, key=lambda k: abs(k - ref)):
+        b = _partner_grid(frames[j], None if mats is None else mats[j], step)
+        # a window padded at a stream's start or end repeats the reference itself: a copy
+        # differs by nothing, which would read as a noise-free camera and leave the filter off
+        if not np.array_equal(a, b):
+            break
+    else:
+        return None
     ok = _usable(a) & _usable(b)
     if ok.sum() < _MIN_PIXELS:
         return None
@@ -70,6 +66,19 @@ def reference_noise(frames: np.ndarray, exposures: Sequence[float], ref: int,
     # leaves a Gaussian's spread 1.4 % too low, close enough
     sigma = _MAD_TO_SIGMA * float(np.median(np.abs(d - np.median(d)))) / np.sqrt(2.0)
     return sigma if sigma > 0.0 else None
+
+
+def _partner_grid(frame: np.ndarray, M: np.ndarray | None, step: int) -> np.ndarray:
+    """The reference's sampling grid read in its same-exposure partner; with ``M`` (its 2x3
+    onto the reference) at the nearest pixel of its own."""
+    if M is None:
+        return np.ascontiguousarray(frame[::step, ::step], np.float32)
+    h, w = frame.shape[:2]
+    gy, gx = np.mgrid[0:h:step, 0:w:step].astype(np.float32)  # ref(p) = frame(M^-1 p)
+    inv = cv2.invertAffineTransform(np.asarray(M, np.float64)).astype(np.float32)
+    x = np.rint(inv[0, 0] * gx + inv[0, 1] * gy + inv[0, 2]).astype(np.intp).clip(0, w - 1)
+    y = np.rint(inv[1, 0] * gx + inv[1, 1] * gy + inv[1, 2]).astype(np.intp).clip(0, h - 1)
+    return np.asarray(frame, np.float32)[y, x]
 
 
 def _usable(L: np.ndarray) -> np.ndarray:

@@ -4,11 +4,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from capture.sim import SimCamera, SimConfig
 from hdrstream.quality import psnr_mu
 from infer.classical import ClassicalConfig, ClassicalReconstructor
 from infer.denoise import denoise, reference_noise
+from infer.method import window_frames
 from infer.netrecon import default_weights
 from infer.stage import InferStage
+from preprocess.stage import PreprocessConfig, Preprocessor
 
 
 def shot_noisy(lin: np.ndarray, full_well: float, rng: np.random.Generator) -> np.ndarray:
@@ -215,3 +218,25 @@ def test_without_the_learned_correction_the_network_ends_with_the_bilateral_filt
     a, b = plain.reconstruct(frames, expos, 2), bilateral.reconstruct(frames, expos, 2)
     np.testing.assert_array_equal(a, b)
     assert np.abs(a - learned).max() > 0
+
+
+def test_a_window_padded_with_the_reference_itself_still_measures_its_noise():
+    """At a stream's start the window is padded with copies of the reference; a copy differs
+    by nothing, and taking it as the partner switched the filter off for the first frames."""
+    rng = np.random.default_rng(3)
+    lin = scene()
+    ref, other = shot_noisy(lin, 3000.0, rng), shot_noisy(lin, 3000.0, rng)
+    long = shot_noisy(lin * 8, 3000.0, rng).clip(0, 1)
+    frames = np.stack([ref, long, ref, long, other])  # the copy and the real partner, both 2 away
+    sigma = reference_noise(frames, [1.0, 8.0, 1.0, 8.0, 1.0], 2)
+    assert sigma == pytest.approx(1.0 / (2.0 * np.sqrt(3000.0)), rel=0.12)
+    assert reference_noise(frames[:3], [1.0, 8.0, 1.0], 2) is None  # nothing but the copy
+
+
+def test_the_first_windows_of_a_stream_are_filtered_like_the_rest():
+    cam = SimCamera(SimConfig(width=160, height=96, frames=8, exposures=3, full_well_e=3000.0))
+    pre = Preprocessor(PreprocessConfig())
+    windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
+    sigmas = [reference_noise(window_frames(w), w.meta["exposures"], w.meta["ref"]) for w in windows]
+    assert len(sigmas) == 8 and None not in sigmas
+    assert max(sigmas) < 1.3 * min(sigmas)
