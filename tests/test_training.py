@@ -107,6 +107,34 @@ def test_samples_are_deterministic_by_seed_and_index():
     assert not torch.equal(a(1)["ldr"], SampleMaker(small_data(), 2, seed=8)(1)["ldr"])
 
 
+@pytest.mark.parametrize("exposures", [2, 3])
+def test_edge_windows_are_padded_as_preprocess_pads_a_streams_ends(exposures):
+    from capture.sim import SimCamera, SimConfig
+    from preprocess.stage import PreprocessConfig, Preprocessor
+    from training.data import edge_slots, frames_for
+
+    frames = 8
+    cam = SimCamera(SimConfig(width=96, height=64, frames=frames, exposures=exposures, noise=False))
+    pre = Preprocessor(PreprocessConfig())
+    windows = [w for f in cam.frames() for w in pre.process(f)] + list(pre.finish())
+    n = frames_for(exposures)
+    c = n // 2
+    for w in windows:
+        seqs, ref = w.meta["seqs"], w.seq
+        k = len(seqs) // 2
+        if ref < c:
+            slots = edge_slots(n, exposures, ref)
+        elif ref > frames - 1 - c:
+            slots = edge_slots(n, exposures, frames - 1 - ref, end=True)
+        else:
+            continue
+        assert [s - ref + c for s in seqs] == slots[c - k:c + k + 1], (ref, seqs)
+    sample = SampleMaker(replace(small_data(), edge_prob=1.0), exposures, seed=0)(0)["ldr"]
+    def repeats(ldr: torch.Tensor) -> bool:
+        return any(torch.equal(ldr[i], ldr[j]) for i in range(n) for j in range(i))
+
+    assert repeats(sample) and not repeats(SampleMaker(small_data(), exposures, seed=0)(0)["ldr"])
+
 def test_stream_is_the_same_with_workers_and_resumes_at_a_step():
     def batches(workers, start, count):
         stream = WindowStream(small_data(), 2, seed=0, batch_size=2, start_step=start)

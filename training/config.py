@@ -53,6 +53,11 @@ class DataConfig:
     tone_range: float = 0.2
     flip: bool = True
     rot90: bool = True
+    # windows at a stream's start or end, padded as preprocess pads them (the reference's
+    # own cycle position repeated from the frames there are): inference meets them on the
+    # first and last frames of every stream, and a network trained only on windows inside one
+    # blends the repeated neighbour wrongly there
+    edge_prob: float = 0.0
 
     def validate(self) -> None:
         if self.crop < 16 or self.crop % 16:
@@ -72,7 +77,7 @@ class DataConfig:
             raise ValueError(f"data.object_size must be [min, max] > 0, got {self.object_size}")
         if len(self.ev_range) != 2 or self.ev_range[0] > self.ev_range[1]:
             raise ValueError(f"data.ev_range must be [lo, hi], got {self.ev_range}")
-        for name in ("sensor_noise_prob", "bayer_prob", "tone_prob"):
+        for name in ("sensor_noise_prob", "bayer_prob", "tone_prob", "edge_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"data.{name} must be in [0, 1]")
         if self.gauss_sigma < 0 or self.global_px < 0 or self.object_speed_px < 0:

@@ -47,6 +47,7 @@ from capture.sim import SimCamera, SimConfig
 from hdrstream.crf import CRF
 from hdrstream.quality import mu_sq_error, psnr_mu
 from infer.window_flows import WindowFlows
+from preprocess.window import CycleInfo, plan_window
 from training.config import VAL_SEED_BASE, DataConfig
 from training.sources import Scene, build_scene, load_photos
 from training.splits import REGIONS, SPLIT_HEIGHT, SPLIT_WIDTH, regions, split_config
@@ -281,6 +282,9 @@ class SampleMaker:
             H *= np.float32(AE_TARGET * 2.0 ** rng.uniform(*dcfg.ev_range))
             L = expose(H, expo, rng, dcfg)
         c = n // 2
+        if train and dcfg.edge_prob > 0 and rng.random() < dcfg.edge_prob:
+            slots = edge_slots(n, e, int(rng.integers(c)), end=bool(rng.integers(2)))
+            L, H, expo = L[slots], H[slots], expo[slots]
         gt = np.clip(H[c - 1:c + 2], 0.0, 1.0)
         if train:
             if rng.random() < dcfg.tone_prob:  # an inaccurate CRF (paper §5.1)
@@ -294,6 +298,16 @@ class SampleMaker:
                 self._dis = WindowFlows()
             sample["flows"] = torch.from_numpy(coarse_flows(self._dis, L, expo, self.window))
         return sample
+
+
+def edge_slots(n: int, exposures: int, inside: int, end: bool = False) -> list[int]:
+    """The frames of an ``n``-frame window whose centre has only ``inside`` frames before it
+    (or after it, ``end``) in its stream, as preprocess pads the slots beyond: each by the
+    nearest frame there is of its position in the exposure cycle."""
+    c = n // 2
+    have = range(c - inside, n) if not end else range(0, c + inside + 1)
+    cycle = CycleInfo(exposures, {p: p for p in range(exposures)}, {})
+    return plan_window(c, c, {i: i % exposures for i in have}, cycle)
 
 
 def coarse_flows(flows: WindowFlows, L: np.ndarray, expo: np.ndarray, window: int = 0) -> np.ndarray:
