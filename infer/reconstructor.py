@@ -10,9 +10,9 @@ KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 # The method used when none is named. The shipped CPU-trained networks beat classical on the
-# dynamic split of bench/quality.py by +1.67 to +1.98 dB PSNR-μ (2 exposures) but +1.09 to
-# +1.30 dB (3 exposures) and are level or better on the static one (fourth 2026-12-07
-# session), short of the +1.5 dB asked of both cycles before the network
+# dynamic split of bench/quality.py by +2.07 to +2.22 dB PSNR-μ (2 exposures) but +1.38 to
+# +1.50 dB (3 exposures) and are better on the static one (fifth 2026-12-07 session), short
+# (3 exposures from BayerRG8) of the +1.5 dB asked of both cycles before the network
 # becomes the default, at ~8x classical's CPU time at 1536×813 (infer/weights/README.md);
 # --method net selects it.
 DEFAULT_METHOD = "classical"

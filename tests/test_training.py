@@ -130,10 +130,12 @@ def test_edge_windows_are_padded_as_preprocess_pads_a_streams_ends(exposures):
             continue
         assert [s - ref + c for s in seqs] == slots[c - k:c + k + 1], (ref, seqs)
     sample = SampleMaker(replace(small_data(), edge_prob=1.0), exposures, seed=0)(0)["ldr"]
+
     def repeats(ldr: torch.Tensor) -> bool:
         return any(torch.equal(ldr[i], ldr[j]) for i in range(n) for j in range(i))
 
     assert repeats(sample) and not repeats(SampleMaker(small_data(), exposures, seed=0)(0)["ldr"])
+
 
 def test_stream_is_the_same_with_workers_and_resumes_at_a_step():
     def batches(workers, start, count):
@@ -164,7 +166,6 @@ def test_validation_set_is_disjoint_from_training(tmp_path):
     cached = torch.load(next(tmp_path.glob("val-*.pt")), weights_only=True)
     assert "classical" not in cached  # today's classical scores them, not the one that made the cache
     assert {float(e[2]) == float(e.min()) for e in data["expo"]} == {True, False}  # short and long refs
-
 
 
 def test_a_change_to_the_flows_invalidates_the_cached_validation_sets(monkeypatch):

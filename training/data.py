@@ -488,7 +488,8 @@ def dynamic_validation_set(exposures: int, size: int, crop: int, cache_dir: str 
     error and value count in each (see :func:`classical_region_scores`).
     """
     spec = {"split": "dynamic", "e": exposures, "n": size, "crop": crop, "per": per_sequence,
-            "offset": DYNAMIC_VAL_OFFSET, "flows": _flow_spec() if flows else False, "v": 2, **_window_spec(exposures, flows, window)}
+            "offset": DYNAMIC_VAL_OFFSET, "flows": _flow_spec() if flows else False, "v": 2,
+            **_window_spec(exposures, flows, window)}
     key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
     path = Path(cache_dir) / f"val-dynamic-{key}.pt" if cache_dir else None
 
