@@ -20,10 +20,11 @@ METHODS = ("classical", "reference", "net", "net-refine", "coarse")
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) -> None:
-    from infer.reconstructor import DEFAULT_METHOD, add_network_args
+    from infer.reconstructor import add_network_args
 
     g = p.add_argument_group("reconstruction")
-    g.add_argument("--method", default=DEFAULT_METHOD, choices=METHODS, help="reconstructor for the main output")
+    g.add_argument("--method", default=None, choices=METHODS,
+                   help="reconstructor for the main output (default: classical; the report says why)")
     g.add_argument(
         "--compare", default=compare_default,
         help="comma-separated extra methods written to OUT/<method>/ and scored in the report"
@@ -49,12 +50,15 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
     from preprocess.stage import PreprocessConfig, Preprocessor
     from sink.stage import Sink, SinkConfig
 
-    from infer.reconstructor import denoise_option, network_shipped
+    from infer.reconstructor import default_method, denoise_option, network_shipped
 
+    why = "asked for (--method)"
+    if args.method is None:
+        args.method, why = default_method(live=args.command == "live", device=args.device)
     if args.compare is None:  # the demo: the main method next to the others that can run
-        args.compare = "reference,net" if network_shipped() else "reference"
+        args.compare = "classical,net,reference" if network_shipped() else "classical,reference"
     compare = [m for m in args.compare.split(",") if m and m != args.method]
-    log.info("method %s%s", args.method, f", compared with {', '.join(compare)}" if compare else "")
+    log.info("method %s (%s)%s", args.method, why, f", compared with {', '.join(compare)}" if compare else "")
     infer = InferStage(method=args.method, compare=compare, device=args.device, precision=args.precision,
                        tile=args.tile, threads=getattr(args, "infer_threads", None),
                        denoise=denoise_option(args), learned_denoise=not args.no_learned_denoise)
@@ -63,7 +67,7 @@ def _run_pipeline(source, args: argparse.Namespace, out_dir: Path, gt_dir: Path 
         infer,
         Sink(SinkConfig(
             out_dir=str(out_dir), preview=not args.no_preview, video=not args.no_preview,
-            gt_dir=str(gt_dir) if gt_dir else None, main_method=args.method,
+            gt_dir=str(gt_dir) if gt_dir else None, main_method=args.method, main_method_why=why,
         )),
     ]
     sink = stages[-1]

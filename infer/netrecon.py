@@ -48,7 +48,8 @@ def _exposures_in_window(n: int) -> int:
     raise ValueError(f"the network takes windows of 5 (2 exposures) or 7 (3 exposures) frames, got {n}")
 
 
-def _device(name: str | None) -> torch.device:
+def network_device(name: str | None) -> torch.device:
+    """Where the network runs: ``name`` (e.g. "cpu", "cuda:1"), or CUDA when present."""
     if name:
         return torch.device(name)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,7 +132,7 @@ class NetReconstructor:
         self.learned_denoise = learned_denoise
         self.name = name
         self.weights = {n: Path(p) for n, p in (weights or {}).items()}
-        self.device = _device(device)
+        self.device = network_device(device)
         self.precision = resolve_precision(precision, self.device)
         self.stream = stream
         self.channels_last = channels_last

@@ -153,6 +153,8 @@ def summary_text(report: dict[str, Any]) -> str:
         f"sink: {report['frames_out']} frame(s) out ({report['exr_files']} EXR file(s) from "
         f"{report['frames_in']} HDR message(s)) in {report['wall_s']:.1f} s ({report['throughput_fps']:.2f} fps)",
     ]
+    if report.get("main_method_why"):
+        lines.append(f"method: {report['main_method']} ({report['main_method_why']})")
     if report.get("scale"):
         lines.append(f"reduced live mode: reconstructed at {report['scale']:g} of the camera's resolution")
     if report.get("stream_error"):

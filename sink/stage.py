@@ -67,6 +67,7 @@ class SinkConfig:
     ``reorder_window``: most frames held per method waiting for a missing seq before it
     is declared a gap (bounds latency and memory: 64 × 7.5 MB at 1536×813 half float).
     ``main_method``: whose frames go to ``OUT/<stem>.exr``; None = the first method seen.
+    ``main_method_why``: why that method (a default, or asked for), told in the report.
 ``background``: see :mod:`sink.lanes`; each output kind stays in seq order either way.
     """
 
@@ -75,6 +76,7 @@ class SinkConfig:
     video: bool = True
     gt_dir: str | Path | None = None
     main_method: str | None = None
+    main_method_why: str = ""
     reorder_window: int = 64
     video_fps: float = 15.0
     contact_sheet_frames: int = 16
@@ -225,6 +227,7 @@ class Sink:
         return {
             "out_dir": str(self.out_dir),
             "main_method": self._main,
+            "main_method_why": self.cfg.main_method_why,
             "frames_in": self.frames_in,
             "frames_out": main_out,
             "exr_files": frames_out,

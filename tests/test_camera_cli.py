@@ -29,10 +29,12 @@ def exrs(folder):
 def test_live_from_the_pylon_emulator(tmp_path, monkeypatch):
     monkeypatch.setenv("PYLON_CAMEMU", "1")
     out = tmp_path / "live"
-    assert main(["live", str(out), *EMU, "--frames", "6", "--no-preview", "--no-align"]) == 0
+    assert main(["live", str(out), *EMU, "--frames", "6", "--no-preview", "--no-align", "--device", "cpu"]) == 0
     assert exrs(out) == [f"{i:06d}" for i in range(6)]
     report = json.loads((out / "report.json").read_text())
     assert report["frames_out"] == 6 and not report["gaps"]
+    # live on a CPU keeps the method that keeps up, and the report says why
+    assert report["main_method"] == "classical" and "live on a CPU" in report["main_method_why"]
 
 
 def test_capture_service_publishes_emulator_frames_then_eos(tmp_path):
