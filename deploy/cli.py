@@ -24,7 +24,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser, compare_default: str | None) 
 
     g = p.add_argument_group("reconstruction")
     g.add_argument("--method", default=None, choices=METHODS,
-                   help="reconstructor for the main output (default: classical; the report says why)")
+                   help="reconstructor for the main output (default: net where its weights ship; live on "
+                        "a CPU classical; the report says why)")
     g.add_argument(
         "--compare", default=compare_default,
         help="comma-separated extra methods written to OUT/<method>/ and scored in the report"

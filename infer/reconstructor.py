@@ -9,14 +9,13 @@ from infer.method import PRECISIONS, Reconstructor
 KNOWN = ("classical", "reference", "net", "net-refine", "coarse")
 
 
-# The method run when none is named. Offline (`hdrstream reconstruct`, `demo`) it becomes the
-# network once that beats classical on the dynamic split of bench/quality.py by 1.5 dB PSNR-μ
-# for both cycles and both pixel formats (issue 15): the shipped files give +2.07 / +2.22 dB
-# (two exposures, RGB8 / BayerRG8) but +1.50 / +1.38 dB (three), with no frame more than
-# 0.5 dB below classical and a higher ColorVideoVDP (infer/weights/README.md), so classical
-# until then. Live on a CPU it stays classical either way: it keeps up where the network
-# takes ~0.75 s a 512×288 frame; live on CUDA runs the offline default.
-OFFLINE_DEFAULT = "classical"
+# The method run when none is named. Offline (`hdrstream reconstruct`, `demo`) it is the
+# network: on the dynamic split of bench/quality.py the shipped files beat classical by
+# +2.07 / +2.22 dB PSNR-μ (two exposures, RGB8 / BayerRG8) and +1.54 / +1.56 dB (three), no
+# frame more than 0.5 dB below classical, ColorVideoVDP higher, and the static split higher
+# too (sixth 2026-12-07 session, infer/weights/README.md). Live on a CPU it stays classical:
+# it keeps up where the network takes ~0.75 s a 512×288 frame; live on CUDA runs the network.
+OFFLINE_DEFAULT = "net"
 
 
 def default_method(live: bool, device: str | None = None) -> tuple[str, str]:

@@ -236,6 +236,10 @@ def test_coarse_reads_a_neighbour_unwarped_behind_a_clipped_reference_where_its_
     from infer.netrecon import default_weights
 
     coarse = load_weights(default_weights(3)).coarse
+    if coarse.frames == 7:  # the reference's own exposure at i ± 3 too, clipped where it is
+        expo = torch.cat((expo[:, 2:3], expo, expo[:, 2:3]), dim=1)
+        ldr = (radiance[None, None] * expo[..., None, None, None]).clamp(0, 1).pow(1 / 2.2)
+        flows = torch.full((1, 6, 2, h, w), 12.0) * torch.tensor([1.0, 0.0])[:, None, None]
     ratio = {}
     for on in (False, True):
         coarse.unwarped_behind_clip = on
