@@ -27,8 +27,6 @@ def default_method(live: bool, device: str | None = None) -> tuple[str, str]:
             return "classical", ("default live on a CPU: classical keeps up where the network takes "
                                  "seconds a frame; --method net asks for the network")
     where = "live on CUDA" if live else "offline"
-    if OFFLINE_DEFAULT == "classical":
-        return "classical", f"default {where}; --method net runs the trained network"
     if not network_shipped():
         return "classical", f"default {where}: the network's weights are missing (infer/weights/)"
     return OFFLINE_DEFAULT, f"default {where}"

@@ -13,7 +13,6 @@ import pytest
 
 from deploy.cli import main
 from hdrstream.hdrio import read_exr
-from infer.reconstructor import OFFLINE_DEFAULT
 
 TINY = ["--width", "128", "--height", "96"]
 
@@ -27,8 +26,7 @@ def test_demo_writes_hdr_video_previews_and_a_scored_report(tmp_path, capsys):
     assert main(["demo", "--out", str(out), *TINY, "--frames", "8"]) == 0
     stems = [f"{i:06d}" for i in range(8)]
     assert exrs(out) == stems and exrs(out / "reference") == stems and exrs(out / "gt") == stems
-    for other in {"classical", "net"} - {OFFLINE_DEFAULT}:  # classical and the network side by side
-        assert exrs(out / other) == stems
+    assert exrs(out / "classical") == stems  # classical beside the network, the main method
     hdr = read_exr(out / "000003.exr")
     assert hdr.shape == (96, 128, 3) and np.isfinite(hdr).all() and hdr.max() > 0
     assert (out / "contact_sheet.png").is_file() and len(list((out / "preview").glob("*.png"))) == 8
@@ -36,9 +34,9 @@ def test_demo_writes_hdr_video_previews_and_a_scored_report(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["frames_out"] == 8 and report["gaps"] == []
     assert {"net", "classical", "reference"} <= set(report["methods"])
-    assert report["main_method"] == OFFLINE_DEFAULT and report["main_method_why"].startswith("default offline")
+    assert report["main_method"] == "net" and report["main_method_why"] == "default offline"
     printed = capsys.readouterr().out
-    assert "PSNR" in printed and "report.json" in printed and f"method: {OFFLINE_DEFAULT} (default offline" in printed
+    assert "PSNR" in printed and "report.json" in printed and "method: net (default offline)" in printed
 
 
 def test_simulate_then_reconstruct_gives_one_exr_per_input_frame(tmp_path):

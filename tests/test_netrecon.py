@@ -151,16 +151,13 @@ def test_the_network_ships_for_both_cycles_and_is_found(monkeypatch):
 
 
 def test_the_default_method_offline_live_and_without_weights(monkeypatch):
-    from infer import netrecon, reconstructor
+    from infer import netrecon
     from infer.reconstructor import default_method
 
-    offline = reconstructor.OFFLINE_DEFAULT
-    assert default_method(live=False)[0] == offline
+    assert default_method(live=False) == ("net", "default offline")
     method, why = default_method(live=True, device="cpu")
     assert method == "classical" and "--method net" in why
-    assert default_method(live=True, device="cuda:1")[0] == offline
-    monkeypatch.setattr(reconstructor, "OFFLINE_DEFAULT", "net")  # once the network meets its bar
-    assert default_method(live=False)[0] == "net"
+    assert default_method(live=True, device="cuda:1") == ("net", "default live on CUDA")
     monkeypatch.setattr(netrecon, "WEIGHTS_DIR", netrecon.WEIGHTS_DIR / "nowhere")
     method, why = default_method(live=False)
     assert method == "classical" and "missing" in why
