@@ -221,10 +221,15 @@ def test_coarse_reads_a_neighbour_unwarped_behind_a_clipped_reference_where_its_
     x = torch.arange(w, dtype=torch.float32).expand(h, w)
     radiance = (0.15 + 0.03 * torch.sin(x / 5.0))[None] * torch.tensor([1.0, 0.85, 0.7])[:, None, None]
     radiance[:, 8:24, 30:50] = torch.tensor([0.004, 0.005, 0.006])[:, None, None]  # dark, in every frame
+
+    def window(expo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scene's gamma-2.2 frames at these exposures (1, n, 3, H, W), and flows 12 px off."""
+        flows = torch.zeros(1, expo.shape[1] - 1, 2, h, w)
+        flows[:, :, 0] = 12.0
+        return (radiance[None, None] * expo[..., None, None, None]).clamp(0, 1).pow(1 / 2.2), flows
+
     expo = torch.tensor([[1.0, 4.0, 16.0, 4.0, 1.0]])
-    ldr = (radiance[None, None] * expo[..., None, None, None]).clamp(0, 1).pow(1 / 2.2)  # (1, 5, 3, H, W)
-    flows = torch.zeros(1, 4, 2, h, w)
-    flows[:, :, 0] = 12.0
+    ldr, flows = window(expo)
     band = (..., slice(8, 24), slice(18, 30))  # clipped background the misplaced object lands on
     assert bool((ldr[0, 2][band].amax(0) >= 0.97).all())
     nbrs = [0, 1, 3, 4]
@@ -238,8 +243,7 @@ def test_coarse_reads_a_neighbour_unwarped_behind_a_clipped_reference_where_its_
     coarse = load_weights(default_weights(3)).coarse
     if coarse.frames == 7:  # the reference's own exposure at i ± 3 too, clipped where it is
         expo = torch.cat((expo[:, 2:3], expo, expo[:, 2:3]), dim=1)
-        ldr = (radiance[None, None] * expo[..., None, None, None]).clamp(0, 1).pow(1 / 2.2)
-        flows = torch.full((1, 6, 2, h, w), 12.0) * torch.tensor([1.0, 0.0])[:, None, None]
+        ldr, flows = window(expo)
     ratio = {}
     for on in (False, True):
         coarse.unwarped_behind_clip = on
